@@ -1,0 +1,5 @@
+//! twinbridge: an edge gateway agent that keeps serial field devices and their Azure IoT Hub
+//! device twins in sync, with a durable local replica in SQLite.
+
+pub mod store;
+pub mod twin;

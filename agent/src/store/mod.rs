@@ -1,0 +1,1 @@
+//! The SQLite file: per-device replicas, sync state, desired journal, schema migrations.

@@ -1,0 +1,1 @@
+//! Shared helpers for twinbridge's end-to-end tests.
