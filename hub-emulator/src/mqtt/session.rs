@@ -1,0 +1,528 @@
+//! One device connection: CONNECT/authentication, then the twin session until either side
+//! closes. Packets are framed by rumqttc's v4 codec; the session rules are IoT Hub's.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use rumqttc::mqttbytes::v4::{
+    Codec, ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
+    UnsubAck,
+};
+use rumqttc::mqttbytes::{Protocol, QoS};
+use rustls::pki_types::CertificateDer;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::Framed;
+
+use super::topics::{self, DeviceRequest, topic_matches};
+use crate::state::{ConnEvent, Counters, HubError, SharedState, now_epoch_secs};
+use crate::{sas, tls};
+
+/// Largest MQTT packet accepted or sent: IoT Hub's 256 KB message limit with room for the
+/// headers, so an oversized twin patch is received whole and answered 413 rather than cut off.
+pub const MAX_PACKET_SIZE: usize = 512 * 1024;
+/// At most this many subscriptions per connection (IoT Hub's limit).
+pub const MAX_SUBSCRIPTIONS: usize = 5;
+/// A connection that sends no CONNECT within this time is closed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Filter of twin responses.
+const TWIN_RES_FILTER: &str = "$iothub/twin/res/#";
+/// Filter of desired-property notifications.
+const DESIRED_FILTER: &str = "$iothub/twin/PATCH/properties/desired/#";
+
+/// Serves one accepted stream (TCP or TLS) until it closes. `client_cert` is the DER leaf
+/// certificate the device presented in the TLS handshake, if any.
+pub async fn serve<S>(
+    stream: S,
+    hub: SharedState,
+    peer: SocketAddr,
+    client_cert: Option<CertificateDer<'static>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut framed = Framed::new(
+        stream,
+        Codec {
+            max_incoming_size: MAX_PACKET_SIZE,
+            max_outgoing_size: MAX_PACKET_SIZE,
+        },
+    );
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, framed.next()).await {
+        Ok(Some(Ok(Packet::Connect(c)))) => c,
+        Ok(Some(Ok(other))) => {
+            tracing::debug!(%peer, ?other, "first packet is not CONNECT; closing");
+            return;
+        }
+        Ok(Some(Err(e))) => {
+            tracing::debug!(%peer, error = %e, "malformed packet before CONNECT; closing");
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within {CONNECT_TIMEOUT:?}; closing");
+            return;
+        }
+    };
+    let auth = authenticate(&hub, &connect, client_cert.as_deref());
+    let (device_id, expiry) = match auth {
+        Ok(ok) => ok,
+        Err(code) => {
+            Counters::bump(&hub.counters.connects_refused);
+            tracing::info!(%peer, client_id = %connect.client_id, ?code, "CONNECT refused");
+            let _ = framed
+                .send(Packet::ConnAck(ConnAck::new(code, false)))
+                .await;
+            return;
+        }
+    };
+    let connection = match hub.connect(&device_id) {
+        Ok(c) => c,
+        Err(e) => {
+            // Deleted between the check and now.
+            tracing::info!(%peer, %device_id, error = %e, "CONNECT refused");
+            Counters::bump(&hub.counters.connects_refused);
+            let _ = framed
+                .send(Packet::ConnAck(ConnAck::new(
+                    ConnectReturnCode::NotAuthorized,
+                    false,
+                )))
+                .await;
+            return;
+        }
+    };
+    let registration = Registration {
+        hub: hub.clone(),
+        device_id: device_id.clone(),
+        conn_id: connection.conn_id,
+    };
+    Counters::bump(&hub.counters.connects);
+    if framed
+        .send(Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            false,
+        )))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::info!(%peer, %device_id, keep_alive = connect.keep_alive, "device connected");
+    let session = Session {
+        hub,
+        device_id,
+        subscriptions: Vec::new(),
+        next_pkid: 0,
+    };
+    let (device_id, reason) = session
+        .run(&mut framed, connection.events, connect.keep_alive, expiry)
+        .await;
+    tracing::info!(%peer, %device_id, %reason, "device disconnected");
+    // Unregister before the device can see the close, so "disconnected" is never stale.
+    drop(registration);
+    let _ = framed.close().await;
+}
+
+/// Unregisters the connection from the hub however the task ends (even when aborted).
+struct Registration {
+    hub: SharedState,
+    device_id: String,
+    conn_id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.disconnect(&self.device_id, self.conn_id);
+    }
+}
+
+/// Checks a CONNECT; on success the device id and the instant its credentials stop being
+/// valid. A non-empty password is a SAS token; an empty one asks for X.509 authentication by
+/// the client certificate's thumbprint.
+fn authenticate(
+    hub: &SharedState,
+    connect: &rumqttc::mqttbytes::v4::Connect,
+    client_cert: Option<&[u8]>,
+) -> Result<(String, Instant), ConnectReturnCode> {
+    if hub.refusing_connections() {
+        return Err(ConnectReturnCode::ServiceUnavailable);
+    }
+    if connect.protocol != Protocol::V4 {
+        return Err(ConnectReturnCode::RefusedProtocolVersion);
+    }
+    let device_id = connect.client_id.as_str();
+    if device_id.is_empty() {
+        return Err(ConnectReturnCode::BadClientId);
+    }
+    let login = connect
+        .login
+        .as_ref()
+        .ok_or(ConnectReturnCode::BadUserNamePassword)?;
+    let username =
+        topics::parse_username(&login.username).ok_or(ConnectReturnCode::BadUserNamePassword)?;
+    if !username.host.eq_ignore_ascii_case(hub.hostname()) {
+        return Err(ConnectReturnCode::BadUserNamePassword);
+    }
+    if username.device_id != device_id {
+        return Err(ConnectReturnCode::BadClientId);
+    }
+    let identity = hub
+        .identity(device_id)
+        .ok_or(ConnectReturnCode::NotAuthorized)?;
+    if identity.status == crate::state::DeviceStatus::Disabled {
+        return Err(ConnectReturnCode::NotAuthorized);
+    }
+    if login.password.is_empty() {
+        let (Some(cert), Some(thumbprint)) = (client_cert, identity.thumbprint.as_deref()) else {
+            tracing::info!(%device_id, "no SAS token, and no client certificate or registered thumbprint");
+            return Err(ConnectReturnCode::NotAuthorized);
+        };
+        if !tls::thumbprint_matches(cert, thumbprint) {
+            tracing::info!(%device_id, "client certificate does not match the registered thumbprint");
+            return Err(ConnectReturnCode::NotAuthorized);
+        }
+        // A certificate does not expire mid-connection the way a token does.
+        return Ok((
+            device_id.to_owned(),
+            Instant::now() + Duration::from_hours(24 * 365),
+        ));
+    }
+    let skew = hub.settings().sas_skew;
+    let now = now_epoch_secs();
+    let claims = sas::verify(
+        &login.password,
+        hub.hostname(),
+        device_id,
+        &[&identity.primary_key, &identity.secondary_key],
+        now.saturating_sub(skew.as_secs()),
+    )
+    .map_err(|e| {
+        tracing::info!(%device_id, error = %e, "SAS token refused");
+        ConnectReturnCode::NotAuthorized
+    })?;
+    // The connection lives until the token (plus the tolerated skew) expires.
+    let deadline = UNIX_EPOCH + Duration::from_secs(claims.expiry_epoch_secs) + skew;
+    let now = Instant::now();
+    let expiry = deadline
+        .duration_since(SystemTime::now())
+        .ok()
+        .and_then(|left| now.checked_add(left))
+        .unwrap_or(now);
+    Ok((device_id.to_owned(), expiry))
+}
+
+struct Session {
+    hub: SharedState,
+    device_id: String,
+    subscriptions: Vec<(String, QoS)>,
+    next_pkid: u16,
+}
+
+/// Why the session ended: (device id, reason).
+type End = (String, String);
+
+enum Step {
+    Continue,
+    Close(String),
+}
+
+impl Session {
+    async fn run<S>(
+        mut self,
+        framed: &mut Framed<S, Codec>,
+        mut events: mpsc::UnboundedReceiver<ConnEvent>,
+        keep_alive_secs: u16,
+        expiry: Instant,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // Delayed twin responses come back through this channel to keep per-connection order
+        // of writes in this task.
+        let (delayed_tx, mut delayed_rx) = mpsc::unbounded_channel::<(u16, String, Bytes)>();
+        // Keep-alive: the client must send something within 1.5 × its keep-alive.
+        let grace =
+            (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
+        let mut last_rx = Instant::now();
+        let far = Instant::now() + Duration::from_hours(24 * 365);
+        let reason = loop {
+            let ka_deadline = grace.map_or(far, |g| last_rx + g);
+            let step = tokio::select! {
+                packet = framed.next() => match packet {
+                    None => Step::Close("connection closed by the device".into()),
+                    Some(Err(e)) => {
+                        self.count_hub_close();
+                        Step::Close(format!("malformed packet: {e}"))
+                    }
+                    Some(Ok(packet)) => {
+                        last_rx = Instant::now();
+                        self.hub.touch_activity(&self.device_id);
+                        self.on_packet(framed, packet, &delayed_tx).await
+                    }
+                },
+                event = events.recv() => match event {
+                    Some(ConnEvent::Desired { version, payload }) => {
+                        self.on_desired(framed, version, &payload).await
+                    }
+                    Some(ConnEvent::Close(reason)) => {
+                        self.count_hub_close();
+                        Step::Close(format!("closed by the hub: {reason:?}"))
+                    }
+                    None => Step::Close("hub dropped the connection".into()),
+                },
+                Some((status, topic, body)) = delayed_rx.recv() => {
+                    self.send_response(framed, status, topic, body).await
+                }
+                () = sleep_until(ka_deadline) => {
+                    self.count_hub_close();
+                    Step::Close(format!("keep-alive of {keep_alive_secs} s exceeded by 50%"))
+                }
+                () = sleep_until(expiry) => {
+                    self.count_hub_close();
+                    Step::Close("SAS token expired".into())
+                }
+            };
+            if let Step::Close(reason) = step {
+                break reason;
+            }
+        };
+        (self.device_id, reason)
+    }
+
+    fn count_hub_close(&self) {
+        Counters::bump(&self.hub.counters.disconnects_by_hub);
+    }
+
+    async fn on_packet<S>(
+        &mut self,
+        framed: &mut Framed<S, Codec>,
+        packet: Packet,
+        delayed_tx: &mpsc::UnboundedSender<(u16, String, Bytes)>,
+    ) -> Step
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match packet {
+            Packet::PingReq => send(framed, Packet::PingResp).await,
+            Packet::Disconnect => Step::Close("DISCONNECT from the device".into()),
+            Packet::Subscribe(sub) => {
+                let codes = sub
+                    .filters
+                    .iter()
+                    .map(|f| self.subscribe(&f.path, f.qos))
+                    .collect();
+                send(framed, Packet::SubAck(SubAck::new(sub.pkid, codes))).await
+            }
+            Packet::Unsubscribe(unsub) => {
+                self.subscriptions
+                    .retain(|(f, _)| !unsub.topics.contains(f));
+                send(framed, Packet::UnsubAck(UnsubAck::new(unsub.pkid))).await
+            }
+            Packet::Publish(publish) => self.on_publish(framed, publish, delayed_tx).await,
+            // Acknowledgements of our QoS 1 publishes: nothing is retransmitted, so nothing to do.
+            Packet::PubAck(_) => Step::Continue,
+            other => {
+                self.count_hub_close();
+                Step::Close(format!("unexpected packet {other:?}"))
+            }
+        }
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: QoS) -> SubscribeReasonCode {
+        if !topics::is_supported_filter(filter, &self.device_id) {
+            return SubscribeReasonCode::Failure;
+        }
+        let granted = if qos == QoS::AtMostOnce {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        if let Some(existing) = self.subscriptions.iter_mut().find(|(f, _)| f == filter) {
+            existing.1 = granted;
+        } else if self.subscriptions.len() < MAX_SUBSCRIPTIONS {
+            self.subscriptions.push((filter.to_owned(), granted));
+        } else {
+            return SubscribeReasonCode::Failure;
+        }
+        SubscribeReasonCode::Success(granted)
+    }
+
+    /// The granted `QoS` of the subscription matching `topic`, if any.
+    fn subscribed(&self, topic: &str) -> Option<QoS> {
+        self.subscriptions
+            .iter()
+            .filter(|(f, _)| topic_matches(topic, f))
+            .map(|(_, q)| *q)
+            .max_by_key(|q| *q as u8)
+    }
+
+    async fn on_publish<S>(
+        &mut self,
+        framed: &mut Framed<S, Codec>,
+        publish: Publish,
+        delayed_tx: &mpsc::UnboundedSender<(u16, String, Bytes)>,
+    ) -> Step
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if publish.qos == QoS::ExactlyOnce {
+            self.count_hub_close();
+            return Step::Close("QoS 2 PUBLISH is not supported".into());
+        }
+        let request = match topics::parse_publish_topic(&publish.topic, &self.device_id) {
+            Ok(r) => r,
+            Err(e) => {
+                self.count_hub_close();
+                return Step::Close(e.to_string());
+            }
+        };
+        let (rid, status, version, body) = match request {
+            DeviceRequest::Telemetry => {
+                Counters::bump(&self.hub.counters.telemetry);
+                return self.puback(framed, &publish).await;
+            }
+            DeviceRequest::TwinGet { rid } => {
+                Counters::bump(&self.hub.counters.twin_gets);
+                if self.hub.try_twin_op() {
+                    match self.hub.device_twin_get(&self.device_id) {
+                        Ok(twin) => (rid, 200, None, Bytes::from(twin.to_string())),
+                        Err(e) => error_response(rid, &e),
+                    }
+                } else {
+                    throttled(rid)
+                }
+            }
+            DeviceRequest::ReportedPatch { rid } => {
+                Counters::bump(&self.hub.counters.reported_patches);
+                if self.hub.try_twin_op() {
+                    self.apply_reported(rid, &publish.payload)
+                } else {
+                    throttled(rid)
+                }
+            }
+        };
+        self.hub.counters.count_status(status);
+        // PUBACK after the request took effect (and was counted), before the response.
+        if let Step::Close(r) = self.puback(framed, &publish).await {
+            return Step::Close(r);
+        }
+        let topic = topics::twin_response_topic(status, &rid, version);
+        let delay = self.hub.faults().twin_response_delay;
+        if delay.is_zero() {
+            self.send_response(framed, status, topic, body).await
+        } else {
+            let tx = delayed_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send((status, topic, body));
+            });
+            Step::Continue
+        }
+    }
+
+    /// Applies a reported PATCH body; the response tuple for it.
+    fn apply_reported(&self, rid: String, payload: &[u8]) -> (String, u16, Option<u64>, Bytes) {
+        let patch = match serde_json::from_slice::<Value>(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                let e = HubError::BadRequest(format!("reported patch is not JSON: {e}"));
+                return error_response(rid, &e);
+            }
+        };
+        match self.hub.device_patch_reported(&self.device_id, &patch) {
+            Ok(v) => (rid, 204, Some(v), Bytes::new()),
+            Err(e) => error_response(rid, &e),
+        }
+    }
+
+    async fn puback<S>(&mut self, framed: &mut Framed<S, Codec>, publish: &Publish) -> Step
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if publish.qos == QoS::AtLeastOnce {
+            send(framed, Packet::PubAck(PubAck::new(publish.pkid))).await
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// Sends a twin response if the device subscribed to twin responses.
+    async fn send_response<S>(
+        &mut self,
+        framed: &mut Framed<S, Codec>,
+        status: u16,
+        topic: String,
+        body: Bytes,
+    ) -> Step
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(qos) = self.subscribed(&topic) else {
+            tracing::debug!(device_id = %self.device_id, status, "twin response dropped: not subscribed to {TWIN_RES_FILTER}");
+            return Step::Continue;
+        };
+        self.publish(framed, topic, qos, body).await
+    }
+
+    async fn on_desired<S>(
+        &mut self,
+        framed: &mut Framed<S, Codec>,
+        version: u64,
+        payload: &Value,
+    ) -> Step
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let topic = topics::desired_patch_topic(version);
+        let Some(qos) = self.subscribed(&topic) else {
+            tracing::debug!(device_id = %self.device_id, version, "desired notification dropped: not subscribed to {DESIRED_FILTER}");
+            return Step::Continue;
+        };
+        Counters::bump(&self.hub.counters.desired_notifications);
+        self.publish(framed, topic, qos, Bytes::from(payload.to_string()))
+            .await
+    }
+
+    async fn publish<S>(
+        &mut self,
+        framed: &mut Framed<S, Codec>,
+        topic: String,
+        qos: QoS,
+        body: Bytes,
+    ) -> Step
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut publish = Publish::from_bytes(topic, qos, body);
+        if qos != QoS::AtMostOnce {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            publish.pkid = self.next_pkid;
+        }
+        send(framed, Packet::Publish(publish)).await
+    }
+}
+
+fn throttled(rid: String) -> (String, u16, Option<u64>, Bytes) {
+    let body = json!({"errorCode": 429_001, "message": "twin operations throttled"});
+    (rid, 429, None, Bytes::from(body.to_string()))
+}
+
+fn error_response(rid: String, e: &HubError) -> (String, u16, Option<u64>, Bytes) {
+    let status = e.status();
+    let body = json!({ "message": e.to_string() });
+    (rid, status, None, Bytes::from(body.to_string()))
+}
+
+async fn send<S>(framed: &mut Framed<S, Codec>, packet: Packet) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match framed.send(packet).await {
+        Ok(()) => Step::Continue,
+        Err(e) => Step::Close(format!("write failed: {e}")),
+    }
+}
