@@ -229,9 +229,16 @@ struct Device {
     identity_version: u64,
     twin: Twin,
     connection: Option<ConnSlot>,
+    /// The subscriptions of the device's persistent MQTT session (a connection with
+    /// `clean_session = 0`), kept across connections; `None` when the last session was clean.
+    /// In memory only: like the connection, not written to the state file.
+    session: Option<Subscriptions>,
     last_activity: Option<String>,
     connection_state_updated: Option<String>,
 }
+
+/// MQTT subscriptions of a session: topic filter and granted `QoS`, in subscription order.
+pub type Subscriptions = Vec<(String, rumqttc::mqttbytes::QoS)>;
 
 #[derive(Debug)]
 struct ConnSlot {
@@ -275,6 +282,9 @@ pub struct Connection {
     pub conn_id: u64,
     /// Desired notifications and close requests for this connection.
     pub events: mpsc::UnboundedReceiver<ConnEvent>,
+    /// The subscriptions of the persistent session this connection resumes (CONNACK
+    /// "session present"); `None` when it starts a new session.
+    pub resumed: Option<Subscriptions>,
 }
 
 /// Counters of device-side traffic, read through the control endpoint.
@@ -894,9 +904,23 @@ impl Hub {
 
     // ----- connections ----------------------------------------------------------------------
 
-    /// Registers a live, authenticated connection of `device_id`. A previous connection of the
-    /// same device is told to close ([`CloseReason::Replaced`]).
+    /// Registers a live, authenticated connection of `device_id` with a clean session. A
+    /// previous connection of the same device is told to close ([`CloseReason::Replaced`]).
     pub fn connect(&self, device_id: &str) -> Result<Connection, HubError> {
+        self.connect_session(device_id, true)
+    }
+
+    /// Registers a live, authenticated connection of `device_id`, as [`Hub::connect`] does, with
+    /// MQTT session semantics: `clean_session = false` resumes the device's persistent session
+    /// (its subscriptions, returned in [`Connection::resumed`]) or starts one that outlives the
+    /// connection, as IoT Hub keeps the subscriptions of devices that connect with
+    /// `CleanSession = 0` (Microsoft's Python device SDK does, and never subscribes again after
+    /// a reconnect); `clean_session = true` discards any persistent session.
+    pub fn connect_session(
+        &self,
+        device_id: &str,
+        clean_session: bool,
+    ) -> Result<Connection, HubError> {
         let mut inner = self.lock();
         inner.next_conn_id += 1;
         let conn_id = inner.next_conn_id;
@@ -908,10 +932,37 @@ impl Hub {
         if let Some(old) = dev.connection.replace(ConnSlot { conn_id, tx }) {
             let _ = old.tx.send(ConnEvent::Close(CloseReason::Replaced));
         }
+        let resumed = if clean_session {
+            dev.session = None;
+            None
+        } else {
+            let resumed = dev.session.clone();
+            dev.session = Some(resumed.clone().unwrap_or_default());
+            resumed
+        };
         let now = now_rfc3339();
         dev.last_activity = Some(now.clone());
         dev.connection_state_updated = Some(now);
-        Ok(Connection { conn_id, events })
+        Ok(Connection {
+            conn_id,
+            events,
+            resumed,
+        })
+    }
+
+    /// Records the subscriptions of connection `conn_id` in the device's persistent session; a
+    /// no-op when that connection has been replaced or its session is clean.
+    pub fn save_subscriptions(&self, device_id: &str, conn_id: u64, subscriptions: &Subscriptions) {
+        let mut inner = self.lock();
+        if let Some(dev) = inner.devices.get_mut(device_id)
+            && dev
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.conn_id == conn_id)
+            && let Some(session) = &mut dev.session
+        {
+            session.clone_from(subscriptions);
+        }
     }
 
     /// Unregisters a connection; a no-op if a newer connection has replaced it.
@@ -1094,6 +1145,7 @@ fn register_locked(
                 identity_version: 1,
                 twin: Twin::new(&now),
                 connection: None,
+                session: None,
                 last_activity: None,
                 connection_state_updated: None,
             },
@@ -1199,6 +1251,7 @@ fn load_state(path: &Path) -> Result<BTreeMap<String, Device>, HubError> {
                     identity_version: d.identity_version,
                     twin: d.twin,
                     connection: None,
+                    session: None,
                     last_activity: None,
                     connection_state_updated: None,
                 },
@@ -1227,6 +1280,36 @@ mod tests {
         hub.register_device(DeviceIdentity::new("d1", KEY, KEY), None)
             .unwrap();
         hub
+    }
+
+    #[test]
+    fn persistent_sessions_keep_subscriptions_and_clean_ones_discard_them() {
+        use rumqttc::mqttbytes::QoS;
+        let hub = hub();
+        let subs: Subscriptions = vec![("$iothub/twin/res/#".into(), QoS::AtLeastOnce)];
+        // No session yet: a persistent connection starts a new one.
+        let c1 = hub.connect_session("d1", false).unwrap();
+        assert_eq!(c1.resumed, None);
+        hub.save_subscriptions("d1", c1.conn_id, &subs);
+        hub.disconnect("d1", c1.conn_id);
+        // The next persistent connection resumes it.
+        let c2 = hub.connect_session("d1", false).unwrap();
+        assert_eq!(c2.resumed.as_ref(), Some(&subs));
+        // A replaced connection can no longer change the session.
+        let c3 = hub.connect_session("d1", false).unwrap();
+        assert_eq!(c3.resumed.as_ref(), Some(&subs));
+        hub.save_subscriptions("d1", c2.conn_id, &Vec::new());
+        hub.disconnect("d1", c3.conn_id);
+        assert_eq!(
+            hub.connect_session("d1", false).unwrap().resumed.as_ref(),
+            Some(&subs)
+        );
+        // A clean connection discards the session and keeps none of its own.
+        let clean = hub.connect("d1").unwrap();
+        assert_eq!(clean.resumed, None);
+        hub.save_subscriptions("d1", clean.conn_id, &subs);
+        hub.disconnect("d1", clean.conn_id);
+        assert_eq!(hub.connect_session("d1", false).unwrap().resumed, None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::Framed;
 
 use super::topics::{self, DeviceRequest, topic_matches};
-use crate::state::{ConnEvent, Counters, HubError, SharedState, now_epoch_secs};
+use crate::state::{ConnEvent, Counters, HubError, SharedState, Subscriptions, now_epoch_secs};
 use crate::{sas, tls};
 
 /// Largest MQTT packet accepted or sent: IoT Hub's 256 KB message limit with room for the
@@ -80,7 +80,7 @@ pub async fn serve<S>(
             return;
         }
     };
-    let connection = match hub.connect(&device_id) {
+    let connection = match hub.connect_session(&device_id, connect.clean_session) {
         Ok(c) => c,
         Err(e) => {
             // Deleted between the check and now.
@@ -101,21 +101,31 @@ pub async fn serve<S>(
         conn_id: connection.conn_id,
     };
     Counters::bump(&hub.counters.connects);
+    let session_present = connection.resumed.is_some();
     if framed
         .send(Packet::ConnAck(ConnAck::new(
             ConnectReturnCode::Success,
-            false,
+            session_present,
         )))
         .await
         .is_err()
     {
         return;
     }
-    tracing::info!(%peer, %device_id, keep_alive = connect.keep_alive, "device connected");
+    tracing::info!(
+        %peer,
+        %device_id,
+        keep_alive = connect.keep_alive,
+        clean_session = connect.clean_session,
+        session_present,
+        "device connected"
+    );
     let session = Session {
         hub,
         device_id,
-        subscriptions: Vec::new(),
+        conn_id: connection.conn_id,
+        persistent: !connect.clean_session,
+        subscriptions: connection.resumed.unwrap_or_default(),
         next_pkid: 0,
     };
     let (device_id, reason) = session
@@ -218,7 +228,10 @@ fn authenticate(
 struct Session {
     hub: SharedState,
     device_id: String,
-    subscriptions: Vec<(String, QoS)>,
+    conn_id: u64,
+    /// `clean_session = 0`: subscriptions are kept in the hub for the next connection.
+    persistent: bool,
+    subscriptions: Subscriptions,
     next_pkid: u16,
 }
 
@@ -315,11 +328,13 @@ impl Session {
                     .iter()
                     .map(|f| self.subscribe(&f.path, f.qos))
                     .collect();
+                self.save_session();
                 send(framed, Packet::SubAck(SubAck::new(sub.pkid, codes))).await
             }
             Packet::Unsubscribe(unsub) => {
                 self.subscriptions
                     .retain(|(f, _)| !unsub.topics.contains(f));
+                self.save_session();
                 send(framed, Packet::UnsubAck(UnsubAck::new(unsub.pkid))).await
             }
             Packet::Publish(publish) => self.on_publish(framed, publish, delayed_tx).await,
@@ -329,6 +344,15 @@ impl Session {
                 self.count_hub_close();
                 Step::Close(format!("unexpected packet {other:?}"))
             }
+        }
+    }
+
+    /// Keeps the subscriptions of a persistent session in the hub (before the SUBACK/UNSUBACK,
+    /// so a reconnect after the acknowledgement finds them).
+    fn save_session(&self) {
+        if self.persistent {
+            self.hub
+                .save_subscriptions(&self.device_id, self.conn_id, &self.subscriptions);
         }
     }
 
