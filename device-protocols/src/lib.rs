@@ -2,3 +2,15 @@
 //! plain line-oriented serial devices, and a Modbus slave simulator.
 //!
 //! Knows nothing of twins or hubs.
+
+pub mod backoff;
+pub mod bus;
+pub mod codec;
+pub mod health;
+pub mod line;
+pub mod planner;
+pub mod point;
+pub mod pty;
+pub mod scan;
+pub mod serial;
+pub mod sim;

@@ -1,0 +1,193 @@
+//! `modbus-sim`: serve simulated Modbus units on a fresh pty, a real serial port, or TCP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use device_protocols::serial::{Parity, SerialSettings};
+use device_protocols::sim::{Generator, RtuSim, SimMap, Table, TcpSim, UnitMap};
+
+/// Modbus slave simulator: several units (unit ids) answering on one RTU line or one Modbus
+/// TCP endpoint, for commissioning, demos and tests.
+///
+/// Examples:
+///
+///   modbus-sim --unit 1 --unit 7                 # fresh pty, prints the path to open
+///
+///   modbus-sim --map units.toml --pty ./ttyBUS   # stable symlink to the pty
+///
+///   modbus-sim --map units.toml --port /dev/ttyUSB1 --baud 19200 --parity even
+///
+///   modbus-sim --map units.toml --tcp 127.0.0.1:5020
+///
+///   modbus-sim --map units.toml --rtu-over-tcp 127.0.0.1:4001   # like a serial device server
+///
+/// Map file (TOML):
+///
+///   [[unit]]
+///   id = 1
+///   holding = { 0 = [2305, 0, 17], 100 = 215 }   # address = value or consecutive values
+///   input = { "0x10" = 42 }
+///   coils = { 0 = [true, false] }
+///   discrete_inputs = { 3 = true }
+///   fill = [{ table = "holding", start = 1000, count = 125, value = 0 }]
+///
+///   [[unit.generator]]                           # counter | ramp | sine | toggle
+///   table = "input"
+///   address = 5
+///   kind = "sine"
+///   center = 200
+///   amplitude = 50
+///   period = "60s"
+///
+/// Addresses absent from the map answer exception 02 (illegal data address).
+/// Runs until interrupted (Ctrl-C / SIGINT) or terminated (SIGTERM); then removes its pty link.
+// The doc comment is the `--help` text, not rustdoc.
+#[allow(clippy::doc_markdown)]
+#[derive(Debug, Parser)]
+#[command(name = "modbus-sim", version, verbatim_doc_comment)]
+struct Args {
+    /// Register map file (TOML, see above).
+    #[arg(long, value_name = "FILE")]
+    map: Option<PathBuf>,
+
+    /// Add a unit with a default map: 100 coils, discrete inputs, holding and input registers
+    /// at 0..=99 (all 0), input register 0 counting up every second. Repeatable.
+    #[arg(long = "unit", value_name = "ID", value_parser = clap::value_parser!(u8).range(1..=247))]
+    units: Vec<u8>,
+
+    /// Serve on a fresh pseudo-terminal behind this symlink (the default mode; default link:
+    /// $TMPDIR/modbus-sim-PID.tty).
+    #[arg(long, value_name = "LINK", conflicts_with_all = ["port", "tcp", "rtu_over_tcp"])]
+    pty: Option<PathBuf>,
+
+    /// Serve on a real serial port (e.g. a USB RS-485 adapter).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["tcp", "rtu_over_tcp"])]
+    port: Option<PathBuf>,
+
+    /// Baud rate of --port.
+    #[arg(long, default_value_t = 9600, requires = "port")]
+    baud: u32,
+
+    /// Parity of --port: none, even, odd.
+    #[arg(long, default_value = "none", value_parser = parse_parity, requires = "port")]
+    parity: Parity,
+
+    /// Stop bits of --port (1 or 2).
+    #[arg(long, default_value_t = 1, requires = "port")]
+    stop_bits: u8,
+
+    /// Serve Modbus TCP on this address (e.g. 127.0.0.1:5020; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", conflicts_with = "rtu_over_tcp")]
+    tcp: Option<SocketAddr>,
+
+    /// Serve RTU frames over TCP on this address (a transparent serial device server with
+    /// the units on its serial side; one connection at a time).
+    #[arg(long, value_name = "ADDR")]
+    rtu_over_tcp: Option<SocketAddr>,
+}
+
+fn parse_parity(s: &str) -> Result<Parity, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "none" | "n" => Ok(Parity::None),
+        "even" | "e" => Ok(Parity::Even),
+        "odd" | "o" => Ok(Parity::Odd),
+        _ => Err(format!("`{s}` is not none, even or odd")),
+    }
+}
+
+fn default_unit() -> UnitMap {
+    UnitMap::new()
+        .with_coils(0, &[false; 100])
+        .with_discrete_inputs(0, &[false; 100])
+        .with_holding(0, &[0; 100])
+        .with_input(0, &[0; 100])
+        .with_generator(
+            Table::Input,
+            0,
+            Generator::Counter {
+                start: 0,
+                step: 1,
+                every: Duration::from_secs(1),
+            },
+        )
+}
+
+fn build_map(args: &Args) -> anyhow::Result<SimMap> {
+    let mut map = match &args.map {
+        Some(path) => SimMap::load(path)?,
+        None => SimMap::new(),
+    };
+    for id in &args.units {
+        if map.units.contains_key(id) {
+            bail!("unit {id} is given by --unit and by the map file");
+        }
+        map.units.insert(*id, default_unit());
+    }
+    if map.units.is_empty() {
+        bail!("no units to simulate: give --map FILE and/or --unit ID");
+    }
+    Ok(map)
+}
+
+fn ids(map: &SimMap) -> String {
+    map.units
+        .keys()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let map = build_map(&args)?;
+    let units = ids(&map);
+    // Keep the simulator alive until the end of main.
+    let _guard: Box<dyn std::fmt::Debug> = if let Some(addr) = args.tcp {
+        let sim = TcpSim::bind(addr, map).await?;
+        println!("serving units {units} on Modbus TCP {}", sim.addr());
+        Box::new(sim)
+    } else if let Some(addr) = args.rtu_over_tcp {
+        let sim = RtuSim::start_rtu_over_tcp(addr, map).await?;
+        let addr = sim
+            .tcp_addr()
+            .expect("an RTU-over-TCP simulator has an address");
+        println!("serving units {units} on RTU over TCP {addr}");
+        Box::new(sim)
+    } else if let Some(path) = args.port {
+        let settings = SerialSettings {
+            path,
+            baud: args.baud,
+            parity: args.parity,
+            data_bits: 8,
+            stop_bits: args.stop_bits,
+        };
+        let shown = settings.to_string();
+        let sim = RtuSim::start_on_serial(settings, map)?;
+        println!("serving units {units} on {shown}");
+        Box::new(sim)
+    } else {
+        let link = args.pty.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("modbus-sim-{}.tty", std::process::id()))
+        });
+        let sim = RtuSim::start(&link, map)
+            .with_context(|| format!("creating a pty behind {}", link.display()))?;
+        let target = std::fs::read_link(sim.path()).unwrap_or_default();
+        println!(
+            "serving units {units} on {} (-> {})",
+            sim.path().display(),
+            target.display()
+        );
+        Box::new(sim)
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,1064 @@
+//! The bus runtime: one task per bus (a serial line, a Modbus TCP endpoint, or RTU framing
+//! over TCP) that polls its units and carries out writes.
+//!
+//! - One transaction at a time. Units take turns request by request (round robin), each unit
+//!   on its own poll period; writes go before the next poll request.
+//! - A unit that times out ends its cycle at once and is backed off alone (exponential with
+//!   jitter, capped, see [`crate::backoff`]), so a dead unit costs the line at most one timeout
+//!   per backoff period. Exceptions mean the unit is alive.
+//! - Exception 02 on a merged read makes the unit's [`AdaptivePlanner`] split the request,
+//!   retried in the same cycle; the split is remembered.
+//! - A port or connection that fails (I/O error, EOF, unplugged USB adapter) is reopened with
+//!   backoff and polling resumes by itself. Use `/dev/serial/by-id/…` paths: they survive
+//!   replugging, `/dev/ttyUSBn` numbers do not.
+//! - Writes: fc 5/6 (or 15/16 with `write_multiple`, and 16 for multi-register values), then a
+//!   read-back of the point; bit points are read-modify-write.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use device_protocols::bus::{Bus, BusConfig, Transport, UnitConfig};
+//! use device_protocols::point::{DataType, Point, Table, Value};
+//! use device_protocols::serial::SerialSettings;
+//! use std::time::Duration;
+//!
+//! let config = BusConfig::new("rs485-a", Transport::Serial(SerialSettings::new("/dev/ttyUSB0")));
+//! let unit = UnitConfig::new(7, Duration::from_secs(5), vec![
+//!     Point::new("setpoint", Table::Holding, 100, DataType::U16)?.with_writable(true),
+//! ]);
+//! let (bus, mut polls) = Bus::spawn(config, vec![unit])?;
+//! let poll = polls.recv().await.expect("bus running");
+//! let read_back = bus.write(7, "setpoint", Value::U64(215)).await?;
+//! # Ok(()) }
+//! ```
+
+mod link;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_modbus::{Request, Response};
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::codec::{self, DecodeError, EncodeError, WriteData};
+use crate::health::{BusHealth, PortState, UnitHealth};
+use crate::planner::{AdaptivePlanner, PlanIssue, PlanLimits, ReadRequest, SplitOutcome};
+use crate::point::{Point, Table, Value};
+use crate::serial::SerialSettings;
+
+use link::{Link, TxError};
+
+/// Largest register count of one fc 16 write.
+pub const MAX_WRITE_REGISTERS: usize = 123;
+
+/// What a bus talks over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Modbus RTU on a serial line.
+    Serial(SerialSettings),
+    /// Modbus TCP (MBAP framing) to `host:port`; the unit id selects the device behind a gateway.
+    Tcp(String),
+    /// RTU frames over a TCP connection to `host:port` (transparent serial device servers).
+    RtuOverTcp(String),
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Serial(s) => write!(f, "serial {s}"),
+            Self::Tcp(a) => write!(f, "modbus-tcp {a}"),
+            Self::RtuOverTcp(a) => write!(f, "rtu-over-tcp {a}"),
+        }
+    }
+}
+
+/// Settings of one bus.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Name for logs and health.
+    pub name: String,
+    /// Port or endpoint.
+    pub transport: Transport,
+    /// Per-request timeout (request sent → complete answer).
+    pub timeout: Duration,
+    /// Silence after each answer before the next request (many RS-485 devices need a few ms
+    /// to release the line). The RTU inter-frame gap t3.5 is always kept on serial lines.
+    pub turnaround: Duration,
+    /// Backoff of a unit that timed out.
+    pub unit_backoff: BackoffConfig,
+    /// Backoff between attempts to reopen a lost port or connection.
+    pub reopen_backoff: BackoffConfig,
+    /// Consecutive timeouts after which a unit is reported offline.
+    pub offline_after: u32,
+    /// Immediate retries of a transaction whose answer was corrupted.
+    pub garbage_retries: u32,
+    /// Default planner limits (a unit may override them).
+    pub limits: PlanLimits,
+    /// Capacity of the poll event channel; events are dropped (and counted) when it is full.
+    pub event_capacity: usize,
+}
+
+impl BusConfig {
+    /// A bus with defaults: 500 ms timeout, no extra turnaround, unit backoff 1 s…60 s,
+    /// reopen backoff 500 ms…30 s, offline after 3 timeouts, one retry on garbage.
+    pub fn new(name: impl Into<String>, transport: Transport) -> Self {
+        Self {
+            name: name.into(),
+            transport,
+            timeout: Duration::from_millis(500),
+            turnaround: Duration::ZERO,
+            unit_backoff: BackoffConfig::new(Duration::from_secs(1), Duration::from_mins(1)),
+            reopen_backoff: BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(30)),
+            offline_after: 3,
+            garbage_retries: 1,
+            limits: PlanLimits::default(),
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// One unit (slave id) on a bus.
+#[derive(Debug, Clone)]
+pub struct UnitConfig {
+    /// Unit id 1–247 (0 is broadcast; on Modbus TCP 255 addresses the server itself).
+    pub unit: u8,
+    /// Poll period.
+    pub poll: Duration,
+    /// Points, names unique within the unit.
+    pub points: Vec<Point>,
+    /// Planner limits for this unit (`None`: the bus's).
+    pub limits: Option<PlanLimits>,
+}
+
+impl UnitConfig {
+    /// A unit with the bus's planner limits.
+    pub fn new(unit: u8, poll: Duration, points: Vec<Point>) -> Self {
+        Self {
+            unit,
+            poll,
+            points,
+            limits: None,
+        }
+    }
+}
+
+/// Why a bus cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusConfigError {
+    /// Unit id outside 1–247 (255 allowed on Modbus TCP).
+    #[error("bus {bus}: unit id {unit} is not a device address (1–247)")]
+    BadUnit {
+        /// Bus.
+        bus: String,
+        /// Unit.
+        unit: u8,
+    },
+    /// Same unit twice.
+    #[error("bus {bus}: unit {unit} is configured twice")]
+    DuplicateUnit {
+        /// Bus.
+        bus: String,
+        /// Unit.
+        unit: u8,
+    },
+    /// Same point name twice within a unit.
+    #[error("bus {bus}: unit {unit}: point `{point}` is defined twice")]
+    DuplicatePoint {
+        /// Bus.
+        bus: String,
+        /// Unit.
+        unit: u8,
+        /// Point.
+        point: String,
+    },
+    /// Zero poll period or timeout.
+    #[error("bus {bus}: {what} must be greater than zero")]
+    Zero {
+        /// Bus.
+        bus: String,
+        /// Which setting.
+        what: String,
+    },
+}
+
+/// A Modbus exception code (the unit answered, and refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Exception(pub u8);
+
+impl Exception {
+    /// 02: illegal data address.
+    pub const ILLEGAL_DATA_ADDRESS: Exception = Exception(2);
+
+    /// The standard name of the code.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            0x01 => "illegal function",
+            0x02 => "illegal data address",
+            0x03 => "illegal data value",
+            0x04 => "server device failure",
+            0x05 => "acknowledge",
+            0x06 => "server device busy",
+            0x08 => "memory parity error",
+            0x0A => "gateway path unavailable",
+            0x0B => "gateway target device failed to respond",
+            _ => "non-standard exception",
+        }
+    }
+}
+
+impl fmt::Display for Exception {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exception {:02X} ({})", self.0, self.name())
+    }
+}
+
+/// Why a point has no value in a poll, or why a transaction failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PointError {
+    /// No answer within the timeout.
+    #[error("timeout")]
+    Timeout,
+    /// The unit answered with an exception.
+    #[error("{0}")]
+    Exception(Exception),
+    /// Corrupted answer (CRC, garbage, wrong unit or function).
+    #[error("corrupted answer: {0}")]
+    Garbage(String),
+    /// The port or connection failed.
+    #[error("port: {0}")]
+    Port(String),
+    /// The registers could not be decoded.
+    #[error("decoding: {0}")]
+    Decode(#[from] DecodeError),
+    /// The point cannot be read with the planner limits (configuration).
+    #[error("not readable with the configured limits: {0}")]
+    Unplannable(PlanIssue),
+}
+
+impl From<TxError> for PointError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Timeout => Self::Timeout,
+            TxError::Exception(x) => Self::Exception(x),
+            TxError::Garbage(m) => Self::Garbage(m),
+            TxError::Port(m) => Self::Port(m),
+        }
+    }
+}
+
+/// Why a write failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    /// No such unit on this bus.
+    #[error("unit {0} is not on this bus")]
+    UnknownUnit(u8),
+    /// No such point on the unit.
+    #[error("unit {unit}: no point named `{point}`")]
+    UnknownPoint {
+        /// Unit.
+        unit: u8,
+        /// Point.
+        point: String,
+    },
+    /// The point is not marked writable.
+    #[error("point `{0}` is not writable")]
+    NotWritable(String),
+    /// The value does not fit the point.
+    #[error("point `{point}`: {source}")]
+    Encode {
+        /// Point.
+        point: String,
+        /// Why.
+        source: EncodeError,
+    },
+    /// The write transaction failed (nothing, or possibly something, was written).
+    #[error("point `{point}`: write failed: {source}")]
+    Write {
+        /// Point.
+        point: String,
+        /// Why.
+        source: PointError,
+    },
+    /// Written, but the read-back failed.
+    #[error("point `{point}`: written, but read-back failed: {source}")]
+    ReadBack {
+        /// Point.
+        point: String,
+        /// Why.
+        source: PointError,
+    },
+    /// The bus task is gone.
+    #[error("bus stopped")]
+    BusStopped,
+}
+
+/// The result of reading one point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointReading {
+    /// Point name.
+    pub name: Arc<str>,
+    /// Value or why there is none.
+    pub result: Result<Value, PointError>,
+}
+
+/// One poll cycle of one unit: every point once (or the points reached before the unit
+/// timed out; the rest carry [`PointError::Timeout`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitPoll {
+    /// Unit id.
+    pub unit: u8,
+    /// Wall-clock time the cycle finished.
+    pub at: SystemTime,
+    /// Requests this cycle took.
+    pub requests: u32,
+    /// Readings in the unit's point order.
+    pub readings: Vec<PointReading>,
+}
+
+impl UnitPoll {
+    /// The reading of `name`.
+    pub fn get(&self, name: &str) -> Option<&Result<Value, PointError>> {
+        self.readings
+            .iter()
+            .find(|r| &*r.name == name)
+            .map(|r| &r.result)
+    }
+}
+
+enum Command {
+    Write {
+        unit: u8,
+        point: String,
+        value: Value,
+        reply: oneshot::Sender<Result<Value, WriteError>>,
+    },
+    Read {
+        unit: u8,
+        point: String,
+        reply: oneshot::Sender<Result<Value, WriteError>>,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Entry point: [`Bus::spawn`].
+#[derive(Debug)]
+pub struct Bus;
+
+/// Control of a running bus. Cheap to clone; the bus stops when every handle is dropped or
+/// on [`BusHandle::shutdown`].
+#[derive(Debug, Clone)]
+pub struct BusHandle {
+    commands: mpsc::Sender<Command>,
+    health: watch::Receiver<BusHealth>,
+}
+
+impl Bus {
+    /// Validates the configuration and starts the bus task on the current tokio runtime.
+    /// Returns the handle and the stream of poll cycles.
+    pub fn spawn(
+        config: BusConfig,
+        units: Vec<UnitConfig>,
+    ) -> Result<(BusHandle, mpsc::Receiver<UnitPoll>), BusConfigError> {
+        validate(&config, &units)?;
+        let health = BusHealth {
+            bus: config.name.clone(),
+            port: PortState::Starting,
+            opens: 0,
+            events_dropped: 0,
+            units: units.iter().map(|u| UnitHealth::new(u.unit)).collect(),
+        };
+        let (health_tx, health_rx) = watch::channel(health);
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
+        let now = Instant::now();
+        let states = units
+            .into_iter()
+            .map(|u| UnitState::new(u, &config, now))
+            .collect();
+        let runtime = Runtime {
+            reopen: Backoff::new(config.reopen_backoff),
+            config,
+            units: states,
+            link: None,
+            health: health_tx,
+            events: event_tx,
+            commands: cmd_rx,
+            rr: 0,
+            stopped_ack: None,
+        };
+        tokio::spawn(runtime.run());
+        Ok((
+            BusHandle {
+                commands: cmd_tx,
+                health: health_rx,
+            },
+            event_rx,
+        ))
+    }
+}
+
+impl BusHandle {
+    /// Writes `value` to `point` of `unit` and returns the value read back from the device.
+    pub async fn write(&self, unit: u8, point: &str, value: Value) -> Result<Value, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Write {
+                unit,
+                point: point.to_owned(),
+                value,
+                reply,
+            })
+            .await
+            .map_err(|_| WriteError::BusStopped)?;
+        rx.await.map_err(|_| WriteError::BusStopped)?
+    }
+
+    /// Reads one point now (between poll requests), e.g. for commissioning. Errors use
+    /// [`WriteError`]'s lookup variants; a failed transaction is [`WriteError::ReadBack`].
+    pub async fn read(&self, unit: u8, point: &str) -> Result<Value, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Read {
+                unit,
+                point: point.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| WriteError::BusStopped)?;
+        rx.await.map_err(|_| WriteError::BusStopped)?
+    }
+
+    /// The latest health snapshot.
+    pub fn health(&self) -> BusHealth {
+        self.health.borrow().clone()
+    }
+
+    /// A receiver that is notified on every health change.
+    pub fn watch_health(&self) -> watch::Receiver<BusHealth> {
+        self.health.clone()
+    }
+
+    /// Stops the bus task (closing the port) and waits for it.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn validate(config: &BusConfig, units: &[UnitConfig]) -> Result<(), BusConfigError> {
+    let bus = || config.name.clone();
+    if config.timeout.is_zero() {
+        return Err(BusConfigError::Zero {
+            bus: bus(),
+            what: "timeout".into(),
+        });
+    }
+    let tcp = matches!(config.transport, Transport::Tcp(_));
+    let mut seen = HashSet::new();
+    for u in units {
+        if u.unit == 0 || (u.unit > 247 && !(tcp && u.unit == 255)) {
+            return Err(BusConfigError::BadUnit {
+                bus: bus(),
+                unit: u.unit,
+            });
+        }
+        if !seen.insert(u.unit) {
+            return Err(BusConfigError::DuplicateUnit {
+                bus: bus(),
+                unit: u.unit,
+            });
+        }
+        if u.poll.is_zero() {
+            return Err(BusConfigError::Zero {
+                bus: bus(),
+                what: format!("unit {} poll period", u.unit),
+            });
+        }
+        let mut names = HashSet::new();
+        for p in &u.points {
+            if !names.insert(p.name.as_str()) {
+                return Err(BusConfigError::DuplicatePoint {
+                    bus: bus(),
+                    unit: u.unit,
+                    point: p.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Cycle {
+    queue: VecDeque<ReadRequest>,
+    results: Vec<Option<Result<Value, PointError>>>,
+    started: Instant,
+    requests: u32,
+}
+
+struct UnitState {
+    unit: u8,
+    poll: Duration,
+    points: Vec<Point>,
+    names: Vec<Arc<str>>,
+    by_name: HashMap<String, usize>,
+    planner: AdaptivePlanner,
+    backoff: Backoff,
+    next_due: Instant,
+    cycle: Option<Cycle>,
+}
+
+impl UnitState {
+    fn new(cfg: UnitConfig, bus: &BusConfig, now: Instant) -> Self {
+        let limits = cfg.limits.unwrap_or(bus.limits);
+        Self {
+            unit: cfg.unit,
+            poll: cfg.poll,
+            names: cfg
+                .points
+                .iter()
+                .map(|p| Arc::from(p.name.as_str()))
+                .collect(),
+            by_name: cfg
+                .points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.name.clone(), i))
+                .collect(),
+            planner: AdaptivePlanner::for_points(&cfg.points, limits),
+            points: cfg.points,
+            backoff: Backoff::new(bus.unit_backoff),
+            next_due: now,
+            cycle: None,
+        }
+    }
+
+    fn start_cycle(&mut self, now: Instant) {
+        let plan = self.planner.plan();
+        let mut results = vec![None; self.points.len()];
+        for (i, issue) in &plan.unplannable {
+            results[*i] = Some(Err(PointError::Unplannable(issue.clone())));
+        }
+        self.cycle = Some(Cycle {
+            queue: plan.requests.iter().cloned().collect(),
+            results,
+            started: now,
+            requests: 0,
+        });
+    }
+}
+
+/// Outcome of one transaction for health bookkeeping.
+enum Tally<'a> {
+    Success,
+    Failure(&'a TxError),
+}
+
+struct Runtime {
+    config: BusConfig,
+    units: Vec<UnitState>,
+    link: Option<Link>,
+    reopen: Backoff,
+    health: watch::Sender<BusHealth>,
+    events: mpsc::Sender<UnitPoll>,
+    commands: mpsc::Receiver<Command>,
+    /// Round-robin position: index of the unit served last.
+    rr: usize,
+    /// Who asked for the shutdown, told once the port is closed.
+    stopped_ack: Option<oneshot::Sender<()>>,
+}
+
+impl Runtime {
+    async fn run(mut self) {
+        let name = self.config.name.clone();
+        tracing::info!(bus = %name, transport = %self.config.transport, units = self.units.len(), "bus starting");
+        loop {
+            if self.link.is_none() && !self.open_link().await {
+                break;
+            }
+            // Writes first: they are rare and a person may be waiting.
+            match self.commands.try_recv() {
+                Ok(cmd) => {
+                    if !self.handle(cmd).await {
+                        break;
+                    }
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            for u in &mut self.units {
+                if u.cycle.is_none() && u.next_due <= now {
+                    u.start_cycle(now);
+                }
+            }
+            if let Some(idx) = self.next_active() {
+                self.rr = idx;
+                self.step(idx).await;
+                continue;
+            }
+            let wake = self.units.iter().map(|u| u.next_due).min();
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => {}
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => if !self.handle(cmd).await { break },
+                    None => break,
+                },
+            }
+        }
+        self.link = None;
+        self.health.send_modify(|h| h.port = PortState::Stopped);
+        tracing::info!(bus = %name, "bus stopped");
+        if let Some(ack) = self.stopped_ack.take() {
+            let _ = ack.send(());
+        }
+    }
+
+    /// The next unit with a cycle in progress, round robin after the last one served.
+    fn next_active(&self) -> Option<usize> {
+        let n = self.units.len();
+        (1..=n)
+            .map(|k| (self.rr + k) % n)
+            .find(|&i| self.units[i].cycle.is_some())
+    }
+
+    /// Opens the link, retrying with backoff while answering commands. False: stop.
+    async fn open_link(&mut self) -> bool {
+        loop {
+            match link::open(
+                &self.config.transport,
+                self.config.timeout,
+                self.config.turnaround,
+            )
+            .await
+            {
+                Ok(link) => {
+                    tracing::info!(bus = %self.config.name, "port open");
+                    self.link = Some(link);
+                    self.reopen.reset();
+                    let now = Instant::now();
+                    for u in &mut self.units {
+                        // Poll everything soon after a reopen, backed-off units included:
+                        // a replug often brings them all back.
+                        u.next_due = u.next_due.min(now);
+                    }
+                    self.health.send_modify(|h| {
+                        h.port = PortState::Open;
+                        h.opens += 1;
+                    });
+                    return true;
+                }
+                Err(error) => {
+                    let attempts = self.reopen.failures() + 1;
+                    let delay = self.reopen.next_delay();
+                    tracing::warn!(bus = %self.config.name, %error, retry_in = ?delay, "cannot open port");
+                    self.health.send_modify(|h| {
+                        h.port = PortState::Down {
+                            error: error.clone(),
+                            attempts,
+                        };
+                        for u in &mut h.units {
+                            u.online = false;
+                        }
+                    });
+                    let deadline = Instant::now() + delay;
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(deadline) => break,
+                            cmd = self.commands.recv() => match cmd {
+                                Some(
+                                    Command::Write { reply, point, .. }
+                                    | Command::Read { reply, point, .. },
+                                ) => {
+                                    let _ = reply.send(Err(WriteError::Write {
+                                        point,
+                                        source: PointError::Port(error.clone()),
+                                    }));
+                                }
+                                Some(Command::Shutdown(done)) => {
+                                    self.stopped_ack = Some(done);
+                                    return false;
+                                }
+                                None => return false,
+                            },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a command. False: stop.
+    async fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Write {
+                unit,
+                point,
+                value,
+                reply,
+            } => {
+                let result = self.write(unit, &point, &value).await;
+                let _ = reply.send(result);
+                true
+            }
+            Command::Read { unit, point, reply } => {
+                let result = self.read_one(unit, &point).await;
+                let _ = reply.send(result);
+                true
+            }
+            Command::Shutdown(done) => {
+                self.stopped_ack = Some(done);
+                false
+            }
+        }
+    }
+
+    /// One transaction, with retries on corrupted answers and health bookkeeping.
+    async fn transact(
+        &mut self,
+        idx: usize,
+        request: Request<'static>,
+    ) -> Result<Response, TxError> {
+        let unit = self.units[idx].unit;
+        let mut attempts = 0;
+        loop {
+            let Some(link) = self.link.as_mut() else {
+                return Err(TxError::Port("port not open".into()));
+            };
+            let result = link.call(unit, request.clone()).await;
+            match &result {
+                Ok(_) => self.tally(idx, &Tally::Success),
+                Err(e) => self.tally(idx, &Tally::Failure(e)),
+            }
+            match result {
+                Err(TxError::Garbage(_)) if attempts < self.config.garbage_retries => {
+                    attempts += 1;
+                }
+                Err(TxError::Port(error)) => {
+                    self.port_lost(&error);
+                    return Err(TxError::Port(error));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn tally(&mut self, idx: usize, outcome: &Tally<'_>) {
+        let offline_after = self.config.offline_after.max(1);
+        let bus = &self.config.name;
+        self.health.send_modify(|h| {
+            let u = &mut h.units[idx];
+            u.transactions += 1;
+            match outcome {
+                Tally::Success => {
+                    u.successes += 1;
+                    u.online = true;
+                    u.last_success = Some(SystemTime::now());
+                    u.consecutive_errors = 0;
+                    u.consecutive_timeouts = 0;
+                    u.backoff = None;
+                }
+                Tally::Failure(e) => {
+                    u.consecutive_errors += 1;
+                    u.last_error = Some(PointError::from((*e).clone()).to_string());
+                    match e {
+                        TxError::Timeout => {
+                            u.timeouts += 1;
+                            u.consecutive_timeouts += 1;
+                            if u.consecutive_timeouts >= offline_after && u.online {
+                                tracing::warn!(bus = %bus, unit = u.unit, "unit offline after {} timeouts", u.consecutive_timeouts);
+                                u.online = false;
+                            }
+                        }
+                        TxError::Exception(_) => {
+                            u.exceptions += 1;
+                            u.online = true;
+                            u.consecutive_timeouts = 0;
+                        }
+                        TxError::Garbage(_) => u.crc_errors += 1,
+                        TxError::Port(_) => u.online = false,
+                    }
+                }
+            }
+        });
+    }
+
+    fn port_lost(&mut self, error: &str) {
+        tracing::warn!(bus = %self.config.name, %error, "port lost; reopening");
+        self.link = None;
+        self.health.send_modify(|h| {
+            h.port = PortState::Down {
+                error: error.to_owned(),
+                attempts: 0,
+            };
+            for u in &mut h.units {
+                u.online = false;
+            }
+        });
+        // Cycles in progress end now, with the rest of their points failed.
+        for idx in 0..self.units.len() {
+            if self.units[idx].cycle.is_some() {
+                self.finish_cycle(idx, &PointError::Port(error.to_owned()));
+            }
+        }
+    }
+
+    /// Runs the next request of unit `idx`'s cycle.
+    async fn step(&mut self, idx: usize) {
+        let Some(req) = self.units[idx]
+            .cycle
+            .as_mut()
+            .and_then(|c| c.queue.pop_front())
+        else {
+            self.finish_cycle(idx, &PointError::Timeout);
+            return;
+        };
+        if let Some(c) = self.units[idx].cycle.as_mut() {
+            c.requests += 1;
+        }
+        let result = self.transact(idx, read_request(&req)).await;
+        // The port may have been lost: the cycle was then finished by `port_lost`.
+        if self.units[idx].cycle.is_none() {
+            return;
+        }
+        let u = &mut self.units[idx];
+        let cycle = u.cycle.as_mut().expect("checked above");
+        match result {
+            Ok(response) => {
+                for &p in &req.points {
+                    cycle.results[p] = Some(decode_point(&u.points[p], &req, &response));
+                }
+                u.backoff.reset();
+            }
+            Err(TxError::Exception(Exception::ILLEGAL_DATA_ADDRESS)) => {
+                match u.planner.on_illegal_address(&req) {
+                    SplitOutcome::Retry(parts) => {
+                        tracing::debug!(
+                            unit = u.unit,
+                            address = req.address,
+                            count = req.count,
+                            parts = parts.len(),
+                            "exception 02 on merged read; splitting"
+                        );
+                        for part in parts.into_iter().rev() {
+                            cycle.queue.push_front(part);
+                        }
+                    }
+                    SplitOutcome::Unreadable(points) => {
+                        for p in points {
+                            cycle.results[p] =
+                                Some(Err(PointError::Exception(Exception::ILLEGAL_DATA_ADDRESS)));
+                        }
+                    }
+                }
+            }
+            Err(TxError::Timeout) => {
+                // A dead unit costs one timeout per backoff period: end its cycle now.
+                let delay = u.backoff.next_delay().max(u.poll);
+                self.finish_cycle(idx, &PointError::Timeout);
+                let u = &mut self.units[idx];
+                u.next_due = Instant::now() + delay;
+                self.health
+                    .send_modify(|h| h.units[idx].backoff = Some(delay));
+                return;
+            }
+            Err(e) => {
+                let e = PointError::from(e);
+                for &p in &req.points {
+                    cycle.results[p] = Some(Err(e.clone()));
+                }
+            }
+        }
+        if cycle.queue.is_empty() {
+            self.finish_cycle(idx, &PointError::Timeout);
+        }
+    }
+
+    /// Ends unit `idx`'s cycle, filling points not reached with `missing`, and emits it.
+    fn finish_cycle(&mut self, idx: usize, missing: &PointError) {
+        let u = &mut self.units[idx];
+        let Some(cycle) = u.cycle.take() else { return };
+        let now = Instant::now();
+        u.next_due = (cycle.started + u.poll).max(now);
+        let readings = cycle
+            .results
+            .into_iter()
+            .zip(&u.names)
+            .map(|(r, name)| PointReading {
+                name: Arc::clone(name),
+                result: r.unwrap_or_else(|| Err(missing.clone())),
+            })
+            .collect();
+        let poll = UnitPoll {
+            unit: u.unit,
+            at: SystemTime::now(),
+            requests: cycle.requests,
+            readings,
+        };
+        let dropped = matches!(
+            self.events.try_send(poll),
+            Err(mpsc::error::TrySendError::Full(_))
+        );
+        self.health.send_modify(|h| {
+            h.units[idx].poll_cycles += 1;
+            if dropped {
+                h.events_dropped += 1;
+            }
+        });
+    }
+
+    /// Finds a point: (unit index, point index).
+    fn lookup(&self, unit: u8, name: &str) -> Result<(usize, usize), WriteError> {
+        let idx = self
+            .units
+            .iter()
+            .position(|u| u.unit == unit)
+            .ok_or(WriteError::UnknownUnit(unit))?;
+        let &p = self.units[idx]
+            .by_name
+            .get(name)
+            .ok_or_else(|| WriteError::UnknownPoint {
+                unit,
+                point: name.to_owned(),
+            })?;
+        Ok((idx, p))
+    }
+
+    /// Reads one point outside the poll plan.
+    async fn read_one(&mut self, unit: u8, name: &str) -> Result<Value, WriteError> {
+        let (idx, p) = self.lookup(unit, name)?;
+        let point = self.units[idx].points[p].clone();
+        let req = ReadRequest {
+            table: point.table,
+            address: point.address,
+            count: point.count(),
+            points: vec![p],
+        };
+        let failed = |source: PointError| WriteError::ReadBack {
+            point: point.name.clone(),
+            source,
+        };
+        let response = self
+            .transact(idx, read_request(&req))
+            .await
+            .map_err(|e| failed(e.into()))?;
+        decode_point(&point, &req, &response).map_err(failed)
+    }
+
+    /// Encodes, writes, reads back.
+    async fn write(&mut self, unit: u8, name: &str, value: &Value) -> Result<Value, WriteError> {
+        let (idx, p) = self.lookup(unit, name)?;
+        let point = self.units[idx].points[p].clone();
+        if !point.writable {
+            return Err(WriteError::NotWritable(point.name));
+        }
+        let data = codec::encode(&point, value).map_err(|source| WriteError::Encode {
+            point: point.name.clone(),
+            source,
+        })?;
+        let write_failed = |source: PointError| WriteError::Write {
+            point: point.name.clone(),
+            source,
+        };
+        let request = match data {
+            WriteData::Coil(b) if point.write_multiple => {
+                Request::WriteMultipleCoils(point.address, vec![b].into())
+            }
+            WriteData::Coil(b) => Request::WriteSingleCoil(point.address, b),
+            WriteData::Bit { bit, set } => {
+                let current = match self
+                    .transact(idx, Request::ReadHoldingRegisters(point.address, 1))
+                    .await
+                {
+                    Ok(Response::ReadHoldingRegisters(r)) if !r.is_empty() => r[0],
+                    Ok(other) => {
+                        return Err(write_failed(PointError::Garbage(format!(
+                            "unexpected response {other:?}"
+                        ))));
+                    }
+                    Err(e) => return Err(write_failed(e.into())),
+                };
+                let reg = codec::apply_bit(current, bit, set);
+                if point.write_multiple {
+                    Request::WriteMultipleRegisters(point.address, vec![reg].into())
+                } else {
+                    Request::WriteSingleRegister(point.address, reg)
+                }
+            }
+            WriteData::Registers(regs) if regs.len() == 1 && !point.write_multiple => {
+                Request::WriteSingleRegister(point.address, regs[0])
+            }
+            WriteData::Registers(regs) => {
+                if regs.len() > MAX_WRITE_REGISTERS {
+                    return Err(WriteError::Encode {
+                        point: point.name.clone(),
+                        source: EncodeError::StringTooLong {
+                            len: regs.len() * 2,
+                            max: (MAX_WRITE_REGISTERS * 2) as u16,
+                        },
+                    });
+                }
+                Request::WriteMultipleRegisters(point.address, regs.into())
+            }
+        };
+        self.transact(idx, request)
+            .await
+            .map_err(|e| write_failed(e.into()))?;
+        let req = ReadRequest {
+            table: point.table,
+            address: point.address,
+            count: point.count(),
+            points: vec![p],
+        };
+        let read_back = |source: PointError| WriteError::ReadBack {
+            point: point.name.clone(),
+            source,
+        };
+        let response = self
+            .transact(idx, read_request(&req))
+            .await
+            .map_err(|e| read_back(e.into()))?;
+        decode_point(&point, &req, &response).map_err(read_back)
+    }
+}
+
+fn read_request(req: &ReadRequest) -> Request<'static> {
+    match req.table {
+        Table::Coil => Request::ReadCoils(req.address, req.count),
+        Table::DiscreteInput => Request::ReadDiscreteInputs(req.address, req.count),
+        Table::Holding => Request::ReadHoldingRegisters(req.address, req.count),
+        Table::Input => Request::ReadInputRegisters(req.address, req.count),
+    }
+}
+
+/// Decodes `point` from the answer to `req` (which covers it).
+fn decode_point(
+    point: &Point,
+    req: &ReadRequest,
+    response: &Response,
+) -> Result<Value, PointError> {
+    let offset = usize::from(point.address - req.address);
+    match response {
+        Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) => Ok(codec::decode_bits(
+            point,
+            bits.get(offset..).unwrap_or(&[]),
+        )?),
+        Response::ReadHoldingRegisters(regs) | Response::ReadInputRegisters(regs) => Ok(
+            codec::decode_registers(point, regs.get(offset..).unwrap_or(&[]))?,
+        ),
+        other => Err(PointError::Garbage(format!(
+            "unexpected response {other:?}"
+        ))),
+    }
+}

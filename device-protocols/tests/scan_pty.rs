@@ -1,0 +1,149 @@
+//! Bus scan over a pty against the simulator.
+
+use std::time::Duration;
+
+use device_protocols::scan::{self, ProbeOutcome, ScanSettings};
+use device_protocols::serial::{self, SerialSettings};
+use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, UnitMap};
+use tokio_modbus::ExceptionCode;
+
+fn sim_with(ids: &[u8]) -> (tempfile::TempDir, RtuSim) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut map = SimMap::new();
+    for &id in ids {
+        map = map.with_unit(id, UnitMap::new().with_holding(0, &[u16::from(id)]));
+    }
+    let sim = RtuSim::start(dir.path().join("ttyBUS"), map).expect("simulator starts");
+    (dir, sim)
+}
+
+fn attach(sim: &RtuSim) -> tokio_modbus::client::Context {
+    let port = serial::open(&SerialSettings::new(sim.path())).expect("pty opens");
+    tokio_modbus::client::rtu::attach(port)
+}
+
+#[tokio::test]
+async fn scan_finds_exactly_the_simulated_units() {
+    let (_dir, sim) = sim_with(&[2, 9, 17]);
+    // Unit 9 has no register 0 … an exception answer still means "present".
+    sim.handle()
+        .set_values(9, device_protocols::sim::Table::Input, 0, &[1]);
+    sim.handle()
+        .add_exception(9, ExceptionRule::always(ExceptionCode::IllegalDataAddress));
+    let mut ctx = attach(&sim);
+    let settings = ScanSettings {
+        units: 1..=20,
+        timeout: Duration::from_millis(40),
+        ..ScanSettings::default()
+    };
+    let mut seen = Vec::new();
+    let report = scan::scan(&mut ctx, &settings, |p| seen.push(p))
+        .await
+        .unwrap();
+    assert_eq!(report.found, [2, 9, 17]);
+    assert!(report.garbled.is_empty());
+    assert_eq!(seen.len(), 20);
+    assert_eq!(seen.last().unwrap().done, 20);
+    assert!(seen.iter().all(|p| p.total == 20));
+    assert_eq!(
+        seen[8].outcome,
+        ProbeOutcome::Exception(ExceptionCode::IllegalDataAddress)
+    );
+    assert_eq!(seen[0].outcome, ProbeOutcome::Silent);
+    // Every id was really probed on the line.
+    assert_eq!(sim.handle().requests(17), 1);
+}
+
+#[tokio::test]
+async fn full_range_scan_finds_the_first_and_last_ids() {
+    let (_dir, sim) = sim_with(&[1, 100, 247]);
+    let mut ctx = attach(&sim);
+    let settings = ScanSettings {
+        timeout: Duration::from_millis(30),
+        ..ScanSettings::default()
+    };
+    let mut probes = 0;
+    let report = scan::scan(&mut ctx, &settings, |_| probes += 1)
+        .await
+        .unwrap();
+    assert_eq!(report.found, [1, 100, 247]);
+    assert_eq!(probes, 247);
+}
+
+#[tokio::test]
+async fn garbled_and_silent_units_are_told_apart() {
+    let (_dir, sim) = sim_with(&[3, 4, 5]);
+    sim.handle().set_garbage(4, true);
+    sim.handle().set_silent(5, true);
+    let mut ctx = attach(&sim);
+    let settings = ScanSettings {
+        units: 3..=6,
+        timeout: Duration::from_millis(100),
+        ..ScanSettings::default()
+    };
+    let report = scan::scan(&mut ctx, &settings, |_| {}).await.unwrap();
+    assert_eq!(report.found, [3]);
+    assert_eq!(report.garbled, [4]);
+}
+
+#[tokio::test]
+async fn unplug_stops_the_scan_with_an_error() {
+    let (_dir, sim) = sim_with(&[1]);
+    let mut ctx = attach(&sim);
+    sim.unplug().await.unwrap();
+    let settings = ScanSettings {
+        units: 1..=5,
+        timeout: Duration::from_millis(200),
+        ..ScanSettings::default()
+    };
+    let err = scan::scan(&mut ctx, &settings, |_| {}).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with("bus scan stopped at unit 1: "),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_late_answer_does_not_hide_the_next_unit() {
+    let (_dir, sim) = sim_with(&[4, 5]);
+    // Unit 4 answers after the scan has given up on it and probed unit 5; its late answer
+    // arrives first (the simulated line serves one request at a time), then unit 5's.
+    sim.handle().set_delay(4, Some(Duration::from_millis(130)));
+    let mut ctx = attach(&sim);
+    let settings = ScanSettings {
+        units: 4..=5,
+        timeout: Duration::from_millis(100),
+        ..ScanSettings::default()
+    };
+    let mut seen = Vec::new();
+    let report = scan::scan(&mut ctx, &settings, |p| seen.push(p.outcome))
+        .await
+        .unwrap();
+    assert_eq!(seen[0], ProbeOutcome::Silent);
+    assert_eq!(report.found, [5]);
+    // Unit 4's late answer was taken for unit 5's, detected, and unit 5 probed again.
+    assert_eq!(sim.handle().requests(5), 2);
+}
+
+#[tokio::test]
+async fn scan_works_on_modbus_tcp_too() {
+    let map = SimMap::new()
+        .with_unit(5, UnitMap::new().with_holding(0, &[1]))
+        .with_unit(6, UnitMap::new().with_input(0, &[1]));
+    let sim = device_protocols::sim::TcpSim::start(map).await.unwrap();
+    let mut ctx = tokio_modbus::client::tcp::connect(sim.addr())
+        .await
+        .unwrap();
+    let settings = ScanSettings {
+        units: 4..=7,
+        timeout: Duration::from_millis(100),
+        probe: scan::Probe::ReadInput {
+            address: 0,
+            count: 1,
+        },
+        ..ScanSettings::default()
+    };
+    let report = scan::scan(&mut ctx, &settings, |_| {}).await.unwrap();
+    // Unit 5 has no input registers: exception 02, still present.
+    assert_eq!(report.found, [5, 6]);
+}
