@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 /// Highest number of registers a single point may span (one fc 3/4 request).
 pub const MAX_POINT_REGISTERS: u16 = 125;
 
-/// The four Modbus data tables.
+/// The four Modbus data tables, shared by the bus side (points, planner) and the simulator.
+///
+/// Serialised as `coil`, `discrete_input`, `holding`, `input` (the [`Display`](fmt::Display)
+/// names); the aliases keep the plural and `*_register` spellings of older point and
+/// simulator map files working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Table {
@@ -24,7 +28,7 @@ pub enum Table {
     /// Read-only single bits (fc 2).
     #[serde(alias = "discrete", alias = "discrete_inputs")]
     DiscreteInput,
-    /// Read/write 16-bit registers (fc 3 read, fc 6/16 write).
+    /// Read/write 16-bit registers (fc 3 read, fc 6/16/22/23 write).
     #[serde(alias = "holding_register", alias = "holding_registers")]
     Holding,
     /// Read-only 16-bit registers (fc 4).
@@ -538,5 +542,39 @@ impl From<Point> for PointDef {
             writable: p.writable,
             write_multiple: p.write_multiple,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, Serialize)]
+    struct Doc {
+        table: Table,
+    }
+
+    fn parse(name: &str) -> Table {
+        toml::from_str::<Doc>(&format!("table = \"{name}\""))
+            .unwrap_or_else(|e| panic!("`{name}`: {e}"))
+            .table
+    }
+
+    #[test]
+    fn table_names_round_trip_and_aliases_parse() {
+        for (table, aliases) in [
+            (Table::Coil, &["coils"][..]),
+            (Table::DiscreteInput, &["discrete", "discrete_inputs"]),
+            (Table::Holding, &["holding_register", "holding_registers"]),
+            (Table::Input, &["input_register", "input_registers"]),
+        ] {
+            let text = toml::to_string(&Doc { table }).expect("a table serialises");
+            assert_eq!(text.trim(), format!("table = \"{table}\""));
+            assert_eq!(parse(&table.to_string()), table);
+            for alias in aliases {
+                assert_eq!(parse(alias), table, "{alias}");
+            }
+        }
+        assert!(toml::from_str::<Doc>("table = \"register\"").is_err());
     }
 }

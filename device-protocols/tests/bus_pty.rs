@@ -16,7 +16,7 @@ use device_protocols::codec::{self, WriteData};
 use device_protocols::health::{BusHealth, PortState};
 use device_protocols::point::{DataType, Order, Point, Table, Value};
 use device_protocols::serial::SerialSettings;
-use device_protocols::sim::{self, ExceptionRule, RtuSim, SimMap, UnitMap};
+use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, UnitMap};
 use tokio::sync::mpsc;
 use tokio_modbus::ExceptionCode;
 
@@ -286,7 +286,7 @@ async fn every_type_and_order_reads_and_writes_end_to_end() {
         assert_eq!(back, v, "read-back of {}", p.name);
         let regs = sim
             .handle()
-            .values(5, sim::Table::Holding, p.address, p.count())
+            .values(5, Table::Holding, p.address, p.count())
             .unwrap();
         match codec::encode(p, &v).unwrap() {
             WriteData::Registers(want) => assert_eq!(regs, want, "{}", p.name),
@@ -310,10 +310,7 @@ async fn every_type_and_order_reads_and_writes_end_to_end() {
         bus.write(5, "valve", Value::U64(1)).await,
         Ok(Value::Bool(true))
     );
-    assert_eq!(
-        sim.handle().values(5, sim::Table::Coil, 3, 2),
-        Some(vec![1, 1])
-    );
+    assert_eq!(sim.handle().values(5, Table::Coil, 3, 2), Some(vec![1, 1]));
 
     reads_and_rejections(&bus).await;
 
@@ -408,11 +405,7 @@ async fn exceptions_keep_the_unit_online_and_02_splits_the_read() {
     let sim = RtuSim::start(dir.path().join("tty"), SimMap::new().with_unit(1, unit)).unwrap();
     sim.handle().add_exception(
         1,
-        ExceptionRule::at(
-            sim::Table::Holding,
-            20..=20,
-            ExceptionCode::ServerDeviceFailure,
-        ),
+        ExceptionRule::at(Table::Holding, 20..=20, ExceptionCode::ServerDeviceFailure),
     );
     let mut points: Vec<Point> = [0u16, 1, 2, 3, 4, 6, 7, 8, 9]
         .iter()
@@ -653,7 +646,7 @@ async fn write_errors_are_typed() {
     assert_eq!(bus.write(1, "w0", Value::U64(42)).await, Ok(Value::U64(42)));
     sim.handle().add_exception(
         1,
-        ExceptionRule::at(sim::Table::Holding, 1..=1, ExceptionCode::IllegalDataValue),
+        ExceptionRule::at(Table::Holding, 1..=1, ExceptionCode::IllegalDataValue),
     );
     assert!(matches!(
         bus.write(1, "w1", Value::U64(1)).await,
@@ -661,6 +654,14 @@ async fn write_errors_are_typed() {
             source: PointError::Exception(Exception(3)),
             ..
         })
+    ));
+    // One-shot reads share the read-back path: its failures name the point.
+    assert!(matches!(
+        bus.read(1, "w1").await,
+        Err(WriteError::ReadBack {
+            point,
+            source: PointError::Exception(Exception(3)),
+        }) if point == "w1"
     ));
     sim.handle().set_silent(2, true);
     assert!(matches!(

@@ -126,8 +126,7 @@ async fn modbus_tcp_reads_writes_and_reconnects() {
     let (bus, mut polls) = Bus::spawn(config(Transport::Tcp(addr.to_string())), units).unwrap();
     read_write_roundtrip(&bus, &mut polls, 1).await;
     assert_eq!(
-        sim.handle()
-            .values(1, device_protocols::sim::Table::Holding, 0, 4),
+        sim.handle().values(1, Table::Holding, 0, 4),
         Some(vec![0x0000, 0xBFC0, 0, 5])
     );
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use device_protocols::point::Table;
 use device_protocols::scan::{self, ProbeOutcome, ScanSettings};
 use device_protocols::serial::{self, SerialSettings};
 use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, UnitMap};
@@ -26,8 +27,7 @@ fn attach(sim: &RtuSim) -> tokio_modbus::client::Context {
 async fn scan_finds_exactly_the_simulated_units() {
     let (_dir, sim) = sim_with(&[2, 9, 17]);
     // Unit 9 has no register 0 … an exception answer still means "present".
-    sim.handle()
-        .set_values(9, device_protocols::sim::Table::Input, 0, &[1]);
+    sim.handle().set_values(9, Table::Input, 0, &[1]);
     sim.handle()
         .add_exception(9, ExceptionRule::always(ExceptionCode::IllegalDataAddress));
     let mut ctx = attach(&sim);

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use device_protocols::point::Table;
 use device_protocols::serial::{self, SerialSettings};
-use device_protocols::sim::{ExceptionRule, Generator, RtuSim, SimMap, Table, UnitMap};
+use device_protocols::sim::{ExceptionRule, Generator, RtuSim, SimMap, UnitMap};
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 use tokio_modbus::client::{Context, Reader, Writer};

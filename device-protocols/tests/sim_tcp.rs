@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use device_protocols::sim::{ExceptionRule, SimMap, Table, TcpSim, UnitMap};
+use device_protocols::point::Table;
+use device_protocols::sim::{ExceptionRule, SimMap, TcpSim, UnitMap};
 use tokio::time::timeout;
 use tokio_modbus::client::{Reader, Writer};
 use tokio_modbus::prelude::SlaveContext;

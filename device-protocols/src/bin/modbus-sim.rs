@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use device_protocols::point::Table;
 use device_protocols::serial::{Parity, SerialSettings};
-use device_protocols::sim::{Generator, RtuSim, SimMap, Table, TcpSim, UnitMap};
+use device_protocols::sim::{Generator, RtuSim, SimMap, TcpSim, UnitMap};
 
 /// Modbus slave simulator: several units (unit ids) answering on one RTU line or one Modbus
 /// TCP endpoint, for commissioning, demos and tests.

@@ -938,6 +938,11 @@ impl Runtime {
     /// Reads one point outside the poll plan.
     async fn read_one(&mut self, unit: u8, name: &str) -> Result<Value, WriteError> {
         let (idx, p) = self.lookup(unit, name)?;
+        self.read_point(idx, p).await
+    }
+
+    /// Reads point `p` of unit slot `idx` alone (explicit reads and write read-backs).
+    async fn read_point(&mut self, idx: usize, p: usize) -> Result<Value, WriteError> {
         let point = self.units[idx].points[p].clone();
         let req = ReadRequest {
             table: point.table,
@@ -945,15 +950,14 @@ impl Runtime {
             count: point.count(),
             points: vec![p],
         };
-        let failed = |source: PointError| WriteError::ReadBack {
-            point: point.name.clone(),
-            source,
-        };
-        let response = self
-            .transact(idx, read_request(&req))
+        self.transact(idx, read_request(&req))
             .await
-            .map_err(|e| failed(e.into()))?;
-        decode_point(&point, &req, &response).map_err(failed)
+            .map_err(PointError::from)
+            .and_then(|response| decode_point(&point, &req, &response))
+            .map_err(|source| WriteError::ReadBack {
+                point: point.name.clone(),
+                source,
+            })
     }
 
     /// Encodes, writes, reads back.
@@ -1015,21 +1019,7 @@ impl Runtime {
         self.transact(idx, request)
             .await
             .map_err(|e| write_failed(e.into()))?;
-        let req = ReadRequest {
-            table: point.table,
-            address: point.address,
-            count: point.count(),
-            points: vec![p],
-        };
-        let read_back = |source: PointError| WriteError::ReadBack {
-            point: point.name.clone(),
-            source,
-        };
-        let response = self
-            .transact(idx, read_request(&req))
-            .await
-            .map_err(|e| read_back(e.into()))?;
-        decode_point(&point, &req, &response).map_err(read_back)
+        self.read_point(idx, p).await
     }
 }
 

@@ -5,33 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use tokio_modbus::{ExceptionCode, Request, Response};
 
-/// The four Modbus data tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Table {
-    /// Read/write bits (fc 1, 5, 15).
-    #[serde(alias = "coils")]
-    Coil,
-    /// Read-only bits (fc 2).
-    #[serde(alias = "discrete_inputs")]
-    DiscreteInput,
-    /// Read/write registers (fc 3, 6, 16, 22, 23).
-    #[serde(alias = "holding_register", alias = "holding_registers")]
-    Holding,
-    /// Read-only registers (fc 4).
-    #[serde(alias = "input_register", alias = "input_registers")]
-    Input,
-}
-
-impl Table {
-    /// Whether the table holds bits (coils, discrete inputs) rather than registers.
-    pub fn is_bits(self) -> bool {
-        matches!(self, Table::Coil | Table::DiscreteInput)
-    }
-}
+use crate::point::Table;
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
@@ -296,23 +273,28 @@ impl UnitMap {
             })
             .collect::<Result<_, _>>()?;
         for (addr, v) in addrs.into_iter().zip(values) {
-            self.generators.remove(&(table, addr));
-            match table {
-                Table::Coil => {
-                    self.coils.insert(addr, *v != 0);
-                }
-                Table::DiscreteInput => {
-                    self.discrete_inputs.insert(addr, *v != 0);
-                }
-                Table::Holding => {
-                    self.holding.insert(addr, *v);
-                }
-                Table::Input => {
-                    self.input.insert(addr, *v);
-                }
-            }
+            self.store(table, addr, *v);
         }
         Ok(())
+    }
+
+    /// Stores one value (bits from non-zero); a stored value replaces the generator.
+    fn store(&mut self, table: Table, addr: u16, v: u16) {
+        self.generators.remove(&(table, addr));
+        match table {
+            Table::Coil => {
+                self.coils.insert(addr, v != 0);
+            }
+            Table::DiscreteInput => {
+                self.discrete_inputs.insert(addr, v != 0);
+            }
+            Table::Holding => {
+                self.holding.insert(addr, v);
+            }
+            Table::Input => {
+                self.input.insert(addr, v);
+            }
+        }
     }
 
     /// Sets values regardless of whether the addresses exist (they are created). For tests
@@ -322,21 +304,7 @@ impl UnitMap {
             let Ok(addr) = u16::try_from(usize::from(start) + i) else {
                 break;
             };
-            self.generators.remove(&(table, addr));
-            match table {
-                Table::Coil => {
-                    self.coils.insert(addr, *v != 0);
-                }
-                Table::DiscreteInput => {
-                    self.discrete_inputs.insert(addr, *v != 0);
-                }
-                Table::Holding => {
-                    self.holding.insert(addr, *v);
-                }
-                Table::Input => {
-                    self.input.insert(addr, *v);
-                }
-            }
+            self.store(table, addr, *v);
         }
     }
 }
@@ -842,6 +810,61 @@ mod tests {
         assert_eq!(u.discrete_inputs.get(&3), Some(&true));
         assert_eq!(u.value(Table::Input, 5, Duration::from_secs(4)), Some(4));
         assert!(map.units[&247].holding.is_empty());
+    }
+
+    #[test]
+    fn toml_tables_accept_point_and_legacy_spellings() {
+        // Map files name tables like the agent's points do (`holding`), and the plural /
+        // `*_register` spellings older map files used still parse.
+        let map = SimMap::from_toml_str(
+            r#"
+            [[unit]]
+            id = 1
+            fill = [
+                { table = "coil", start = 0, count = 1, value = 1 },
+                { table = "coils", start = 1, count = 1, value = 1 },
+                { table = "discrete_input", start = 0, count = 1, value = 1 },
+                { table = "discrete_inputs", start = 1, count = 1, value = 1 },
+                { table = "holding", start = 0, count = 1, value = 10 },
+                { table = "holding_registers", start = 1, count = 1, value = 11 },
+                { table = "input", start = 0, count = 1, value = 20 },
+                { table = "input_register", start = 1, count = 1, value = 21 },
+            ]
+
+            [[unit.generator]]
+            table = "holding_register"
+            address = 2
+            kind = "toggle"
+            every = "1s"
+            "#,
+            "spellings.toml",
+        )
+        .unwrap();
+        let u = &map.units[&1];
+        let at = |table, addr| u.value(table, addr, Duration::from_secs(1));
+        assert_eq!((at(Table::Coil, 0), at(Table::Coil, 1)), (Some(1), Some(1)));
+        assert_eq!(
+            (at(Table::DiscreteInput, 0), at(Table::DiscreteInput, 1)),
+            (Some(1), Some(1))
+        );
+        assert_eq!(
+            (
+                at(Table::Holding, 0),
+                at(Table::Holding, 1),
+                at(Table::Holding, 2)
+            ),
+            (Some(10), Some(11), Some(1))
+        );
+        assert_eq!(
+            (at(Table::Input, 0), at(Table::Input, 1)),
+            (Some(20), Some(21))
+        );
+        let e = SimMap::from_toml_str(
+            "[[unit]]\nid = 1\nfill = [{ table = \"registers\", start = 0, count = 1 }]",
+            "m",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("registers"), "{e}");
     }
 
     #[test]

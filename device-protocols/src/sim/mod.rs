@@ -48,7 +48,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
-pub use map::{Generator, SimMap, SimMapError, Table, UnitMap, handle_request, request_span};
+use crate::point::Table;
+
+pub use map::{Generator, SimMap, SimMapError, UnitMap, handle_request, request_span};
 pub use rtu::RtuSim;
 pub use tcp::TcpSim;
 
