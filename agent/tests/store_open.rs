@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::RngCore;
 use rusqlite::Connection;
@@ -78,35 +78,108 @@ fn missing_directory_is_an_error_and_is_not_created() {
     assert!(!missing.exists());
 }
 
-/// A directory where files cannot be created. Root ignores permission bits, so when the test
-/// runs as root (containers) the 0555 directory is still writable and `/sys` (sysfs refuses
-/// file creation even to root) stands in for it.
-fn read_only_dir(tmp: &Path) -> PathBuf {
-    let dir = tmp.join("ro");
-    fs::create_dir(&dir).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
-    if fs::write(dir.join("probe"), b"x").is_err() {
-        return dir;
+/// Set (to the read-only directory) in the environment of the unprivileged child run of a
+/// read-only-directory case; see [`read_only_case`].
+const CHILD_DIR_ENV: &str = "TWINBRIDGE_TEST_READ_ONLY_DIR";
+/// Printed by the child after its checks passed, so that the parent knows they ran (a test
+/// filter that matched nothing would also exit 0).
+const CHILD_DONE: &str = "read-only case checked by the unprivileged child";
+/// `nobody` / `nogroup`.
+const NOBODY: u32 = 65_534;
+
+/// Runs `check` on a directory that `setup` populated and that was then made read-only.
+///
+/// Root ignores permission bits (and CI runs as root), so a 0555 directory would not stop it.
+/// Then the check runs in a child process instead: this test binary, filtered to `test`,
+/// started through `setpriv` (util-linux) as `nobody`, on a tree handed over to `nobody`.
+/// Either way `check` really runs against a directory the process cannot write to.
+fn read_only_case(test: &str, setup: fn(&Path), check: fn(&Path)) {
+    if let Some(dir) = std::env::var_os(CHILD_DIR_ENV) {
+        check(Path::new(&dir));
+        println!("{CHILD_DONE}");
+        return;
     }
-    fs::remove_file(dir.join("probe")).unwrap();
-    eprintln!(
-        "running as root: permission bits do not stop root, using /sys as the read-only directory"
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ro");
+    fs::create_dir(&dir).unwrap();
+    setup(&dir);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
+    let probe = dir.join("probe");
+    if fs::write(&probe, b"x").is_err() {
+        check(&dir);
+    } else {
+        fs::remove_file(&probe).unwrap();
+        check_as_nobody(test, tmp.path(), &dir);
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Runs the test `test` of this binary as `nobody` with [`CHILD_DIR_ENV`] = `dir`, and asserts
+/// that its checks ran and passed.
+fn check_as_nobody(test: &str, tmp: &Path, dir: &Path) {
+    chown_tree(tmp, NOBODY);
+    let mut exe = std::env::current_exe().unwrap();
+    if !reachable_by_others(&exe) {
+        // e.g. a checkout under /root: give `nobody` a copy it can execute.
+        let copy = tmp.join("test-binary");
+        fs::copy(&exe, &copy).unwrap();
+        exe = copy;
+    }
+    let output = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(&exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR_ENV, dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running setpriv (util-linux) to drop root: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("child as nobody:\n{stdout}{stderr}");
+    assert!(
+        output.status.success(),
+        "child as nobody failed: {}",
+        output.status
     );
-    PathBuf::from("/sys")
+    assert!(
+        stdout.contains(CHILD_DONE),
+        "the child did not run the check (exe {})",
+        exe.display()
+    );
+}
+
+fn chown_tree(path: &Path, id: u32) {
+    std::os::unix::fs::chown(path, Some(id), Some(id)).unwrap();
+    if path.is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), id);
+        }
+    }
+}
+
+/// Whether any user may execute `file`: it and every directory above it are world-executable.
+fn reachable_by_others(file: &Path) -> bool {
+    file.ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .all(|p| fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
 #[test]
 fn read_only_directory_is_an_error_naming_path_and_cause() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = read_only_dir(tmp.path());
-    let before = listing(&dir);
-    let path = dir.join("twinbridge-store-test.db");
-    let err = open(&path).unwrap_err();
-    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
-    names_path(&err, &path);
-    assert!(err.to_string().contains("unable to open"), "{err}");
-    assert_eq!(listing(&dir), before, "nothing was created");
-    fs::set_permissions(tmp.path().join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
+    read_only_case(
+        "read_only_directory_is_an_error_naming_path_and_cause",
+        |_| {},
+        |dir| {
+            let before = listing(dir);
+            let path = dir.join("state.db");
+            let err = open(&path).unwrap_err();
+            assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+            names_path(&err, &path);
+            assert!(err.to_string().contains("unable to open"), "{err}");
+            assert_eq!(listing(dir), before, "nothing was created");
+        },
+    );
 }
 
 #[test]
@@ -247,29 +320,52 @@ fn second_writer_is_refused_until_the_first_closes() {
     assert_eq!(second.devices().wait().unwrap(), ["d"]);
 }
 
-/// An existing store whose directory became read-only: SQLite cannot create the WAL and lock
-/// files beside it. Root ignores permission bits, so as root this case cannot be set up; the
-/// test then says so and checks nothing (the new-file case above covers root via `/sys`).
+/// An existing store whose directory became read-only (wrong ownership after a restore, a
+/// hardened unit without write access): SQLite cannot create its WAL and shared-memory files
+/// there, nor the store its lock file. Both with the lock file of an earlier run beside the
+/// database (the usual case: it is never removed) and without it.
 #[test]
 fn existing_store_in_read_only_directory_is_an_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("state");
-    fs::create_dir(&dir).unwrap();
-    let path = dir.join("state.db");
-    open(&path).unwrap().close().wait().unwrap();
-    fs::remove_file(dir.join("state.db-lock")).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
-    if fs::write(dir.join("probe"), b"x").is_ok() {
-        eprintln!("running as root: cannot make a directory read-only for root; case not checked");
-        return;
-    }
-    let bytes = fs::read(&path).unwrap();
-    let err = open(&path).unwrap_err();
-    names_path(&err, &path);
-    assert!(
-        matches!(err, StoreError::Lock { .. } | StoreError::Open { .. }),
-        "{err:?}"
+    read_only_case(
+        "existing_store_in_read_only_directory_is_an_error",
+        |dir| {
+            for name in ["with-lock.db", "without-lock.db"] {
+                let store = open(&dir.join(name)).unwrap();
+                store.merge_local("d", json!({"a": 1})).wait().unwrap();
+                store.close().wait().unwrap();
+            }
+            fs::remove_file(dir.join("without-lock.db-lock")).unwrap();
+        },
+        |dir| {
+            let before = listing(dir);
+            assert_eq!(
+                before,
+                ["with-lock.db", "with-lock.db-lock", "without-lock.db"]
+            );
+            for name in ["with-lock.db", "without-lock.db"] {
+                let path = dir.join(name);
+                let bytes = fs::read(&path).unwrap();
+                let err = open(&path).unwrap_err();
+                names_path(&err, &path);
+                assert!(
+                    matches!(err, StoreError::Lock { .. } | StoreError::Open { .. }),
+                    "{name}: {err:?}"
+                );
+                let text = err.to_string();
+                assert!(
+                    ["read-only", "readonly", "Permission denied"]
+                        .iter()
+                        .any(|cause| text.contains(cause)),
+                    "{name}: the error does not say why: {text}"
+                );
+                assert_eq!(fs::read(&path).unwrap(), bytes, "{name}: file unchanged");
+                // SQLite cannot read a WAL database without creating its `-shm` file, so
+                // `status` fails here too, with a clear error.
+                let err = ReadOnlyStore::open(&path).unwrap_err();
+                names_path(&err, &path);
+                assert!(matches!(err, StoreError::Open { .. }), "{name}: {err:?}");
+            }
+            assert_eq!(listing(dir), before, "nothing was created");
+        },
     );
-    assert_eq!(fs::read(&path).unwrap(), bytes, "file unchanged");
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
 }

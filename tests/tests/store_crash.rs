@@ -36,8 +36,10 @@ async fn next_number(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<u64> {
 }
 
 /// Opens the file the way the test trusts: plain SQLite for the integrity check, then the
-/// read-only store view for the documents.
-fn check(path: &Path, reported: &[u64]) {
+/// read-only store view for the documents. Also checks that each device's applied version of
+/// `sp` and the ack in its `local` document agree: they are written in one transaction.
+/// Returns how many devices have such an ack.
+fn check(path: &Path, reported: &[u64]) -> usize {
     let conn = rusqlite::Connection::open(path).expect("open with plain SQLite");
     let integrity: Vec<String> = conn
         .prepare("PRAGMA integrity_check")
@@ -47,12 +49,27 @@ fn check(path: &Path, reported: &[u64]) {
     drop(conn);
     let store = ReadOnlyStore::open(path).expect("open read-only");
     let mut local: BTreeMap<u64, Value> = BTreeMap::new();
+    let mut with_ack = 0;
     for d in 0..DEVICES {
-        let doc = store
+        let Some(snap) = store
             .snapshot(&format!("crash-{d}"))
             .expect("read snapshot")
-            .map_or_else(|| json!({}), |s| s.sync.local);
-        local.insert(d, doc);
+        else {
+            local.insert(d, json!({}));
+            continue;
+        };
+        let applied = snap
+            .properties
+            .iter()
+            .find(|p| p.name == "sp")
+            .map(|p| p.applied_version);
+        let acked = snap.sync.local.pointer("/sp/av").and_then(Value::as_i64);
+        assert_eq!(
+            applied, acked,
+            "crash-{d}: applied version and ack disagree"
+        );
+        with_ack += usize::from(acked.is_some());
+        local.insert(d, snap.sync.local);
     }
     for &n in reported {
         assert_eq!(
@@ -61,6 +78,7 @@ fn check(path: &Path, reported: &[u64]) {
             "committed change {n} is missing"
         );
     }
+    with_ack
 }
 
 #[tokio::test]
@@ -134,5 +152,5 @@ async fn kill_rounds(level: &str) {
         reported.len() >= ROUNDS - killed_in_startup,
         "every waited-for round committed"
     );
-    check(&path, &reported);
+    assert!(check(&path, &reported) > 0, "some applied + ack committed");
 }

@@ -18,7 +18,7 @@ use super::{
     DesiredOutcome, DesiredUpdate, DeviceSnapshot, HistoryLimits, JournalStats, PropertyState,
     StoreError, StoreOptions, Synchronous,
 };
-use crate::twin::{apply, is_noop};
+use crate::twin::{apply, is_noop, strip_reserved};
 
 /// The parts of [`SyncState`] that live in the `sync_extra` JSON column.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -573,12 +573,10 @@ impl Db {
     }
 }
 
+/// `doc` without the hub's read-only `$version` / `$metadata` members.
 fn strip_meta(doc: &Value) -> Value {
     let mut doc = doc.clone();
-    if let Value::Object(map) = &mut doc {
-        map.remove("$version");
-        map.remove("$metadata");
-    }
+    strip_reserved(&mut doc);
     doc
 }
 

@@ -22,25 +22,62 @@
 //!
 //! A commit returns only after SQLite has written the transaction to the WAL file. That alone
 //! makes a committed change survive a process kill (the data is in the kernel's page cache);
-//! both levels pass the kill -9 crash test. The levels differ on **power loss**: `NORMAL` syncs
-//! the WAL only at checkpoints, so the last commits before a power cut can be lost (the file
-//! stays consistent); `FULL` fsyncs the WAL at every commit, so a committed change survives
-//! power loss too. A gateway loses power far more often than a server, and a lost commit is not
-//! always harmless: a lost "applied + ack" would write a desired value to the device twice, a
-//! lost journal entry is a hole in the audit trail. The cost was measured
-//! (`cargo bench -p twinbridge --bench store_throughput`, figures in `BENCHMARKS.md`): on the
-//! development VM, 100 devices × 20 properties, `FULL` commits about 2 500–5 000 poll-result
-//! transactions per second against 13 000–22 000 with `NORMAL`. A gateway polling 100 devices
-//! every 2 s needs 50 (about 150 with the matching sends and acks), so `FULL` is the default;
-//! [`Synchronous::Normal`] stays available for SD cards where fsync latency is extreme. The busy timeout (5 s by default) covers a
-//! concurrent `status` reader during checkpoints.
+//! both levels pass the kill -9 crash test (`tests/tests/store_crash.rs`). The levels differ on
+//! **power loss**: `NORMAL` syncs the WAL only at checkpoints, so the last commits before a
+//! power cut can be lost (the file stays consistent); `FULL` fsyncs the WAL at every commit, so
+//! a committed change survives power loss too. A gateway loses power far more often than a
+//! server, and a lost commit is not always harmless: a lost "applied + ack" would write a
+//! desired value to the device twice, a lost journal entry is a hole in the audit trail.
+//!
+//! The cost was measured (`cargo bench -p twinbridge --bench store_throughput`, figures in
+//! `BENCHMARKS.md`): on the development VM, 100 devices × 20 properties, `FULL` commits about
+//! 2 500–5 000 poll-result transactions per second against 13 000–22 000 with `NORMAL`. A
+//! gateway polling 100 devices every 2 s needs 50 (about 150 with the matching sends and
+//! acks), so `FULL` is the default; [`Synchronous::Normal`] stays available for SD cards where
+//! fsync latency is extreme. The busy timeout (5 s by default) covers a concurrent `status`
+//! reader during checkpoints.
+//!
+//! # The sync model, and why the state keeps `alternatives`
+//!
+//! DESIGN.md's rule is "send `diff(hub_reported ⊕ in_flight, local)`, one patch in flight per
+//! device". That rule silently assumes the store always knows what the hub holds. It does not
+//! after a PATCH whose answer never came (link lost, process killed, or a 5xx): the hub may or
+//! may not have applied it, and nothing but a GET can tell. Both guesses go wrong:
+//!
+//! - hub `{a: 1}`, local `{a: 2}`; the gateway sends `{a: 2}` and the link drops before the 204.
+//!   Then the device reverts and `local` is `{a: 1}` again. Assuming "not applied",
+//!   `diff({a: 1}, {a: 1})` is empty and nothing is sent, while the hub may show `a: 2` forever.
+//! - Assuming "applied" instead fails the mirror case: `local` stays `{a: 2}`, the diff against
+//!   the assumed `{a: 2}` is empty, and a hub that never got the patch keeps `a: 1` forever.
+//!
+//! (Pinned by `lost_ack_then_revert_still_resets_the_hub` in [`sync_state`] and by
+//! `applied_but_unacked_patch_then_revert_across_a_crash` in `agent/tests/store_sync_model.rs`.)
+//!
+//! So [`SyncState`] keeps `hub_reported` (the document the hub is known to hold as of the last
+//! ack or GET) plus `alternatives`: every other document the hub *might* hold, i.e.
+//! `hub_reported` with some of the unanswered patches applied ([`SyncState::on_disconnect`],
+//! and a 5xx in [`SyncState::on_reject`]). The next patch is
+//! [`reconcile`](sync_state::reconcile)`([hub_reported, alternatives…], local)`: one merge patch
+//! that turns *every* candidate into `local` (a key is left out only where all candidates
+//! already agree with `local`). In the example above it is `{a: 1}`. When the hub acks a patch,
+//! it applied it to whichever candidate it held, so [`SyncState::on_ack`] applies it to all of
+//! them; after a reconciling patch they are all equal to `local` and collapse back to
+//! `hub_reported` alone. A GET result ([`SyncState::on_hub_reported`]) is the truth and
+//! replaces them all. With no unknown outcome (no alternatives) the patch is exactly DESIGN's
+//! diff. The set is small in practice (each unanswered reconciling patch maps every candidate to
+//! the same document); it is capped at [`MAX_ALTERNATIVES`](sync_state::MAX_ALTERNATIVES), and
+//! beyond that `resync_needed` stops sending until a GET result arrives. An in-flight patch
+//! found at open (the previous process died waiting for its answer) becomes an unknown outcome
+//! the same way. Rejected patches (400/413) are probed key by key and the bad key quarantined;
+//! see [`sync_state`].
 //!
 //! # Bad input
 //!
-//! Opening never deletes or recreates anything: a store held by another writer, a missing directory, a read-only directory,
-//! a file that is not SQLite, another application's SQLite database, a corrupt file
-//! (`PRAGMA quick_check`) or a schema newer than this build each give a [`StoreError`] that
-//! names the path and the cause. Only a missing file (or an empty one) is initialised.
+//! Opening never deletes or recreates anything: a store held by another writer, a missing
+//! directory, a read-only directory, a file that is not SQLite, another application's SQLite
+//! database, a corrupt file (`PRAGMA quick_check`) or a schema newer than this build each give
+//! a [`StoreError`] that names the path and the cause. Only a missing file (or an empty one) is
+//! initialised.
 
 mod db;
 mod error;

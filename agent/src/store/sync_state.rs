@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::twin::{apply, diff, is_noop};
+use crate::twin::{JsonKind, apply, diff, is_noop, strip_reserved};
 
 /// How many alternative hub documents are tracked before giving up and asking for a GET.
 ///
@@ -155,17 +155,6 @@ impl RejectKind {
 #[error("a reported patch must be a JSON object, got {0}")]
 pub struct NotAnObject(pub &'static str);
 
-fn kind_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// The reported-side sync state of one device. See the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncState {
@@ -220,7 +209,7 @@ impl SyncState {
     /// patch changed nothing.
     pub fn merge_local(&mut self, patch: &Value) -> Result<Value, NotAnObject> {
         if !patch.is_object() {
-            return Err(NotAnObject(kind_name(patch)));
+            return Err(NotAnObject(JsonKind::of(patch).article()));
         }
         let before = self.local.clone();
         apply(&mut self.local, patch);
@@ -383,10 +372,7 @@ impl SyncState {
             Value::Object(_) => reported.clone(),
             _ => Value::Object(Map::new()),
         };
-        if let Value::Object(map) = &mut doc {
-            map.remove("$version");
-            map.remove("$metadata");
-        }
+        strip_reserved(&mut doc);
         self.hub_reported = doc;
         self.hub_version = Some(version);
         self.alternatives.clear();

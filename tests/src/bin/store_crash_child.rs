@@ -5,7 +5,9 @@
 //! level, default full)
 //!
 //! Change `n` sets key `c{n}` = `n` in the local document of device `crash-{n % 4}`. Between
-//! changes it also sends and acks patches, so kills land in every kind of transaction.
+//! changes it also sends and acks patches, and records applied desired values with their acks
+//! (`sp`, applied version `n`: one transaction over two tables), so kills land in every kind of
+//! transaction.
 //! `crash-0` keeps an every-change journal with small bounds, so journal pruning runs too.
 
 use std::io::Write;
@@ -52,6 +54,17 @@ fn main() -> Result<()> {
             .wait()?;
         writeln!(stdout, "{n}")?;
         stdout.flush()?;
+        if n % 5 == 1 {
+            let version = i64::try_from(n)?;
+            store
+                .applied_ack(
+                    &device,
+                    "sp",
+                    version,
+                    json!({"value": n, "ac": 200, "av": n}),
+                )
+                .wait()?;
+        }
         if n % 3 == 0 {
             let rid = format!("r{n}");
             if store.begin_send(&device, &rid).wait()?.is_some() {
