@@ -9,14 +9,21 @@ use serde::Serialize;
 pub struct UnitHealth {
     /// Modbus unit (slave) id.
     pub unit: u8,
-    /// The unit answers (any valid response, exceptions included).
+    /// The unit answers (any valid response, exceptions included). Goes false after
+    /// `offline_after` transactions in a row that timed out or got only corrupted answers
+    /// (a unit whose answers are all garbage delivers no data either), and while the port is
+    /// down.
     pub online: bool,
     /// Wall-clock time of the last successful read.
     pub last_success: Option<SystemTime>,
     /// Failed transactions in a row (timeouts, garbage, exceptions, port errors).
     pub consecutive_errors: u32,
-    /// Timeouts in a row; reaching the bus's `offline_after` marks the unit offline.
+    /// Timeouts in a row.
     pub consecutive_timeouts: u32,
+    /// Transactions in a row without a valid answer (timeouts and corrupted answers);
+    /// reaching the bus's `offline_after` marks the unit offline. Any valid answer, an
+    /// exception included, resets it.
+    pub consecutive_unanswered: u32,
     /// Transactions attempted.
     pub transactions: u64,
     /// Transactions answered with data.
@@ -44,6 +51,7 @@ impl UnitHealth {
             last_success: None,
             consecutive_errors: 0,
             consecutive_timeouts: 0,
+            consecutive_unanswered: 0,
             transactions: 0,
             successes: 0,
             timeouts: 0,

@@ -11,7 +11,14 @@
 //! (illegal data address), [`AdaptivePlanner::on_illegal_address`] splits that request — first at
 //! the bridged gaps (the usual culprit is an undefined register in a gap), then in halves — and
 //! remembers the split. Down at a single point that still fails, the point is reported
-//! unreadable and fenced off so it never blanks its neighbours again.
+//! unreadable and fenced off so it never blanks its neighbours again. (The bus also splits
+//! on exception 03 when a request merges points at different addresses: some devices answer
+//! 03 to reads that are too long for them or that cross an undefined register.)
+//!
+//! Points that start at the same address (aliases, e.g. a `u16` and a `u32` both at 10)
+//! cannot be separated by a barrier: when their read fails, the longest are *isolated* (read
+//! on their own from then on) and the shorter ones retried, so a healthy `u16` is never
+//! blanked by a `u32` that runs into an undefined register.
 
 use std::collections::BTreeSet;
 
@@ -158,16 +165,26 @@ pub struct Plan {
 /// Split markers: no request may hold points starting both below and at/above a barrier.
 pub type Barriers = BTreeSet<(Table, u16)>;
 
-/// Plans reads for `spans` (all of one unit). `subset`, if given, restricts planning to those
-/// point indices.
-pub fn plan(spans: &[Span], limits: &PlanLimits, barriers: &Barriers) -> Plan {
-    plan_subset(spans, limits, barriers, None)
+/// Spans read on their own: a request holding one of them holds only points of exactly that
+/// span. Learned for points that fail while sharing their start address with others (a
+/// barrier, being an address, cannot separate points that start at the same register).
+pub type Isolated = BTreeSet<(Table, u16, u16)>;
+
+fn span_key(s: Span) -> (Table, u16, u16) {
+    (s.table, s.address, s.count)
 }
 
+/// Plans reads for `spans` (all of one unit).
+pub fn plan(spans: &[Span], limits: &PlanLimits, barriers: &Barriers) -> Plan {
+    plan_subset(spans, limits, barriers, &Isolated::new(), None)
+}
+
+/// Plans reads; `subset`, if given, restricts planning to those point indices.
 fn plan_subset(
     spans: &[Span],
     limits: &PlanLimits,
     barriers: &Barriers,
+    isolated: &Isolated,
     subset: Option<&[usize]>,
 ) -> Plan {
     let mut out = Plan::default();
@@ -186,9 +203,21 @@ fn plan_subset(
     order.dedup();
 
     let mut current: Option<ReadRequest> = None;
+    // The current request holds an isolated span (and nothing else).
+    let mut current_isolated = false;
     for i in order {
         let s = spans[i];
+        let s_isolated = isolated.contains(&span_key(s));
         if let Some(req) = current.as_mut() {
+            let isolation_ok = if current_isolated || s_isolated {
+                current_isolated
+                    && s_isolated
+                    && req.table == s.table
+                    && req.address == s.address
+                    && req.count == s.count
+            } else {
+                true
+            };
             let end = req.end();
             let new_end = end.max(s.end());
             let gap = u32::from(s.address).saturating_sub(end);
@@ -201,6 +230,7 @@ fn plan_subset(
                 && gap <= u32::from(limits.max_gap(s.table))
                 && new_end - u32::from(req.address) <= u32::from(limits.max_count(s.table))
                 && !blocked
+                && isolation_ok
             {
                 req.count = (new_end - u32::from(req.address)) as u16;
                 req.points.push(i);
@@ -215,6 +245,7 @@ fn plan_subset(
             count: s.count,
             points: vec![i],
         });
+        current_isolated = s_isolated;
     }
     out.requests.extend(current);
     out
@@ -257,6 +288,7 @@ pub struct AdaptivePlanner {
     spans: Vec<Span>,
     limits: PlanLimits,
     barriers: Barriers,
+    isolated: Isolated,
     plan: Plan,
 }
 
@@ -269,6 +301,7 @@ impl AdaptivePlanner {
             spans,
             limits,
             barriers,
+            isolated: Isolated::new(),
             plan,
         }
     }
@@ -288,12 +321,18 @@ impl AdaptivePlanner {
         &self.barriers
     }
 
+    /// The learned spans that are read on their own.
+    pub fn isolated(&self) -> &Isolated {
+        &self.isolated
+    }
+
     /// The point spans.
     pub fn spans(&self) -> &[Span] {
         &self.spans
     }
 
-    /// Learns from an exception 02 answer to `failed` and says what to do with its points.
+    /// Learns from an exception 02 answer to `failed` (or an exception the caller treats
+    /// alike) and says what to do with its points.
     pub fn on_illegal_address(&mut self, failed: &ReadRequest) -> SplitOutcome {
         let table = failed.table;
         let mut pts: Vec<usize> = failed.points.clone();
@@ -302,8 +341,27 @@ impl AdaptivePlanner {
         starts.dedup();
 
         if starts.len() <= 1 {
-            // A single point (or points aliasing the same start) fails alone: fence it off.
+            // Points sharing one start address: read the longest on their own from now on
+            // (so that a healthy shorter alias is never merged into their failing read) …
             let end = pts.iter().map(|&i| self.spans[i].end()).max().unwrap_or(0);
+            for &i in &pts {
+                if self.spans[i].end() == end {
+                    self.isolated.insert(span_key(self.spans[i]));
+                }
+            }
+            if pts.iter().any(|&i| self.spans[i].end() != end) {
+                // … and retry: the shorter ones may well be readable.
+                self.replan();
+                let retry = plan_subset(
+                    &self.spans,
+                    &self.limits,
+                    &self.barriers,
+                    &self.isolated,
+                    Some(&pts),
+                );
+                return SplitOutcome::Retry(retry.requests);
+            }
+            // One span fails alone: fence it off.
             self.barriers.insert((table, failed.address));
             if let Ok(end) = u16::try_from(end) {
                 self.barriers.insert((table, end));
@@ -329,12 +387,24 @@ impl AdaptivePlanner {
             self.barriers.insert((table, b));
         }
         self.replan();
-        let retry = plan_subset(&self.spans, &self.limits, &self.barriers, Some(&pts));
+        let retry = plan_subset(
+            &self.spans,
+            &self.limits,
+            &self.barriers,
+            &self.isolated,
+            Some(&pts),
+        );
         SplitOutcome::Retry(retry.requests)
     }
 
     fn replan(&mut self) {
-        self.plan = plan(&self.spans, &self.limits, &self.barriers);
+        self.plan = plan_subset(
+            &self.spans,
+            &self.limits,
+            &self.barriers,
+            &self.isolated,
+            None,
+        );
     }
 }
 
@@ -404,6 +474,62 @@ mod tests {
         let got: Vec<(u16, u16)> = retry.iter().map(|r| (r.address, r.count)).collect();
         assert_eq!(got, [(0, 4), (6, 3)]);
         assert_eq!(ap.plan().requests.len(), 2, "split is remembered");
+    }
+
+    /// A `u32` at 18 that runs into an undefined register 19 and a healthy `u16` alias at 18.
+    #[test]
+    fn a_failing_alias_never_blanks_a_healthy_one() {
+        let spans = regs(&[(18, 1), (18, 8)]);
+        let mut ap = AdaptivePlanner::new(spans, PlanLimits::default());
+        let merged = ap.plan().requests[0].clone();
+        assert_eq!(merged.points, [0, 1]);
+        let SplitOutcome::Retry(parts) = ap.on_illegal_address(&merged) else {
+            panic!("expected retry")
+        };
+        let got: Vec<Vec<usize>> = parts.iter().map(|r| r.points.clone()).collect();
+        assert_eq!(got, [vec![0], vec![1]]);
+        assert_eq!(
+            ap.on_illegal_address(&parts[1]),
+            SplitOutcome::Unreadable(vec![1])
+        );
+        let got: Vec<(u16, u16)> = ap
+            .plan()
+            .requests
+            .iter()
+            .map(|r| (r.address, r.count))
+            .collect();
+        assert_eq!(got, [(18, 1), (18, 8)]);
+    }
+
+    /// Found by the property test: fencing the long alias must not pull the healthy short one
+    /// (read fine together with its lower neighbour until then) into the fenced request.
+    #[test]
+    fn fencing_an_alias_keeps_the_healthy_alias_out() {
+        let limits = PlanLimits {
+            max_registers: 8,
+            max_gap_registers: 0,
+            ..PlanLimits::default()
+        };
+        let mut ap = AdaptivePlanner::new(regs(&[(17, 1), (18, 1), (18, 8)]), limits);
+        let got: Vec<Vec<usize>> = ap
+            .plan()
+            .requests
+            .iter()
+            .map(|r| r.points.clone())
+            .collect();
+        assert_eq!(got, [vec![0, 1], vec![2]]);
+        let failing = ap.plan().requests[1].clone();
+        assert_eq!(
+            ap.on_illegal_address(&failing),
+            SplitOutcome::Unreadable(vec![2])
+        );
+        let got: Vec<Vec<usize>> = ap
+            .plan()
+            .requests
+            .iter()
+            .map(|r| r.points.clone())
+            .collect();
+        assert_eq!(got, [vec![0], vec![1], vec![2]]);
     }
 
     #[test]

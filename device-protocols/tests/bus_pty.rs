@@ -280,9 +280,19 @@ async fn every_type_and_order_reads_and_writes_end_to_end() {
         "planner merged the contiguous registers, split remembered"
     );
 
+    let fc = |code: usize| sim.handle().stats(5).unwrap().by_function[code];
     for p in &points[..typed] {
         let v = sample(p.data_type, true);
+        let (fc6, fc16) = (fc(6), fc(16));
         let back = bus.write(5, &p.name, v.clone()).await.unwrap();
+        // One register: fc 6 (bits by read-modify-write); more: fc 16.
+        let single = p.count() == 1;
+        assert_eq!(
+            (fc(6) - fc6, fc(16) - fc16),
+            (u64::from(single), u64::from(!single)),
+            "function code for {}",
+            p.name
+        );
         assert_eq!(back, v, "read-back of {}", p.name);
         let regs = sim
             .handle()
@@ -302,13 +312,20 @@ async fn every_type_and_order_reads_and_writes_end_to_end() {
         Ok(Value::F64(22.5))
     );
     assert_eq!(sim.handle().holding(5, 200), Some(225));
+    let (fc5, fc15) = (fc(5), fc(15));
     assert_eq!(
         bus.write(5, "pump", Value::Bool(true)).await,
         Ok(Value::Bool(true))
     );
+    assert_eq!((fc(5) - fc5, fc(15) - fc15), (1, 0), "pump: fc 5");
     assert_eq!(
         bus.write(5, "valve", Value::U64(1)).await,
         Ok(Value::Bool(true))
+    );
+    assert_eq!(
+        (fc(5) - fc5, fc(15) - fc15),
+        (1, 1),
+        "valve: write_multiple, fc 15"
     );
     assert_eq!(sim.handle().values(5, Table::Coil, 3, 2), Some(vec![1, 1]));
 
@@ -455,6 +472,61 @@ async fn exceptions_keep_the_unit_online_and_02_splits_the_read() {
     bus.shutdown().await;
 }
 
+/// Some devices answer 03 (illegal data value) instead of 02 to a read that spans a register
+/// they cannot serve: on a merged read that is split like 02, so the neighbours keep their
+/// values, and the split is remembered. A single point refused with 03 carries the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exception_03_on_a_merged_read_is_split_like_02() {
+    let dir = tempfile::tempdir().unwrap();
+    let values: Vec<u16> = (10..20).collect();
+    let sim = RtuSim::start(
+        dir.path().join("tty"),
+        SimMap::new().with_unit(1, holding_unit(&values)),
+    )
+    .unwrap();
+    sim.handle().add_exception(
+        1,
+        ExceptionRule::at(Table::Holding, 5..=5, ExceptionCode::IllegalDataValue),
+    );
+    let (bus, mut polls) = Bus::spawn(
+        config(sim.path()),
+        vec![UnitConfig::new(
+            1,
+            Duration::from_millis(50),
+            u16_points(10, 0),
+        )],
+    )
+    .unwrap();
+
+    let first = poll_until(&mut polls, "first poll", |_| true).await;
+    for a in (0u16..10).filter(|&a| a != 5) {
+        assert_eq!(
+            first.get(&format!("r{a}")),
+            Some(&Ok(Value::U64(u64::from(a) + 10))),
+            "r{a}"
+        );
+    }
+    assert_eq!(
+        first.get("r5"),
+        Some(&Err(PointError::Exception(Exception(3))))
+    );
+    assert!(first.requests > 1, "the merged read was split");
+    let h = bus.health();
+    assert!(h.unit(1).unwrap().online, "exceptions mean alive");
+
+    // Learned: later cycles give the same readings with only r5's own request refused.
+    let second = poll_until(&mut polls, "second poll", |_| true).await;
+    let exceptions_before = sim.handle().stats(1).unwrap().exceptions;
+    let third = poll_until(&mut polls, "third poll", |_| true).await;
+    assert_eq!(second.readings, third.readings);
+    assert_eq!(second.readings, first.readings);
+    assert_eq!(
+        sim.handle().stats(1).unwrap().exceptions - exceptions_before,
+        1
+    );
+    bus.shutdown().await;
+}
+
 /// Line noise: a unit answering garbage is counted and reported while the others keep
 /// being read; noise injected between frames does not stop the bus; healed, it recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,6 +549,10 @@ async fn garbage_is_counted_and_healthy_units_keep_their_values() {
     })
     .await;
     assert!(bad.readings.iter().all(|r| r.result.is_err()));
+    // Only corrupted answers means no data: the unit is reported offline, the others not.
+    let h = health_until(&bus, "unit 2 offline", |h| !h.unit(2).unwrap().online).await;
+    assert!(h.unit(1).unwrap().online && h.unit(3).unwrap().online);
+    assert_eq!(h.unit(2).unwrap().timeouts, 0);
     let before = bus.health();
     health_until(&bus, "more garbage counted, healthy units polled", |h| {
         h.unit(2).unwrap().crc_errors >= before.unit(2).unwrap().crc_errors + 3
@@ -490,6 +566,7 @@ async fn garbage_is_counted_and_healthy_units_keep_their_values() {
 
     sim.handle().set_garbage(2, false);
     poll_until(&mut polls, "unit 2 recovers", |p| p.unit == 2 && all_ok(p)).await;
+    health_until(&bus, "unit 2 online again", |h| h.unit(2).unwrap().online).await;
 
     // Raw noise on the line while polling: the bus keeps going and every unit reads again.
     for _ in 0..5 {
@@ -503,6 +580,52 @@ async fn garbage_is_counted_and_healthy_units_keep_their_values() {
         .await;
     }
     assert!(matches!(bus.health().port, PortState::Open));
+    bus.shutdown().await;
+}
+
+/// A unit whose answers arrive with a broken CRC (noise, bad termination): tokio-modbus
+/// never frames them, so each attempt costs a timeout; the unit is backed off like a silent
+/// one but reported with corrupted answers, not timeouts, so the technician looks at the
+/// wiring and line settings rather than the power. The other unit keeps its values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_crc_unit_is_reported_as_corrupted_and_backed_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = SimMap::new()
+        .with_unit(1, holding_unit(&[1; 4]))
+        .with_unit(2, holding_unit(&[2; 4]));
+    let sim = RtuSim::start(dir.path().join("tty"), map).unwrap();
+    let units = (1..=2)
+        .map(|u| UnitConfig::new(u, Duration::from_millis(30), u16_points(4, 0)))
+        .collect();
+    let (bus, mut polls) = Bus::spawn(config(sim.path()), units).unwrap();
+    health_until(&bus, "all online", |h| h.units.iter().all(|u| u.online)).await;
+
+    sim.handle().set_bad_crc(2, true);
+    let h = health_until(&bus, "unit 2 offline", |h| !h.unit(2).unwrap().online).await;
+    let u2 = h.unit(2).unwrap();
+    assert!(u2.crc_errors >= 2, "{u2:?}");
+    assert_eq!(u2.timeouts, 0, "bytes came back: not silence");
+    assert!(u2.backoff.is_some(), "backed off like a silent unit");
+    let bad = poll_until(&mut polls, "a failed poll of unit 2", |p| {
+        p.unit == 2 && !all_ok(p)
+    })
+    .await;
+    assert!(
+        bad.readings
+            .iter()
+            .all(|r| matches!(r.result, Err(PointError::Garbage(_)))),
+        "{bad:?}"
+    );
+    let before = bus.health();
+    health_until(&bus, "unit 1 keeps being polled", |h| {
+        cycles(h, 1) >= cycles(&before, 1) + 10
+    })
+    .await;
+    poll_until(&mut polls, "unit 1 values", |p| p.unit == 1 && all_ok(p)).await;
+
+    sim.handle().set_bad_crc(2, false);
+    poll_until(&mut polls, "unit 2 recovers", |p| p.unit == 2 && all_ok(p)).await;
+    health_until(&bus, "unit 2 online", |h| h.unit(2).unwrap().online).await;
     bus.shutdown().await;
 }
 
@@ -587,6 +710,13 @@ async fn unplug_mid_transaction_then_replug_resumes_polling() {
     assert!(
         h.units.iter().all(|u| !u.online),
         "units unreachable while the port is down"
+    );
+    let PortState::Down { error, .. } = &h.port else {
+        unreachable!()
+    };
+    assert!(
+        error.contains(&sim.path().display().to_string()),
+        "the error names the port: {error}"
     );
     // Writes fail fast with a port error while it is down.
     let w = bus.write(1, "r0", Value::U64(1)).await;

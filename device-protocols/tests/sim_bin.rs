@@ -116,6 +116,11 @@ async fn serves_tcp_and_documents_itself() {
         "--port",
         "--tcp",
         "[[unit.generator]]",
+        "--silent",
+        "--slow",
+        "--garbage",
+        "--bad-crc",
+        "--exception",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
@@ -161,4 +166,120 @@ async fn serves_rtu_over_tcp() {
         .unwrap();
     assert_eq!(regs, Ok(vec![0]));
     child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn fault_switches_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyFAULTS");
+    let (mut child, line) = start(&[
+        "--unit",
+        "1",
+        "--unit",
+        "2",
+        "--unit",
+        "3",
+        "--unit",
+        "4",
+        "--exception",
+        "1:holding:5-6:04",
+        "--silent",
+        "2",
+        "--garbage",
+        "3",
+        "--slow",
+        "4=400ms",
+        "--unit",
+        "5",
+        "--bad-crc",
+        "5",
+        "--pty",
+        link.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        line.starts_with("serving units 1, 2, 3, 4, 5 on "),
+        "{line}"
+    );
+    let open =
+        || tokio_modbus::client::rtu::attach(serial::open(&SerialSettings::new(&link)).unwrap());
+    let mut ctx = open();
+    ctx.set_slave(Slave(1));
+    let ok = timeout(DEADLINE, ctx.read_holding_registers(0, 5))
+        .await
+        .unwrap();
+    assert_eq!(ok.unwrap().map(|r| r.len()), Ok(5));
+    let refused = timeout(DEADLINE, ctx.read_holding_registers(4, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.unwrap(),
+        Err(tokio_modbus::ExceptionCode::ServerDeviceFailure)
+    );
+    // A silent unit never answers, however long one waits (a bounded wait suffices here).
+    ctx.set_slave(Slave(2));
+    assert!(
+        timeout(Duration::from_millis(300), ctx.read_holding_registers(0, 1))
+            .await
+            .is_err()
+    );
+    drop(ctx);
+    // Noise instead of an answer: a decode error, not a value.
+    let mut ctx = open();
+    ctx.set_slave(Slave(3));
+    let garbled = timeout(DEADLINE, ctx.read_holding_registers(0, 1))
+        .await
+        .unwrap();
+    assert!(garbled.is_err(), "{garbled:?}");
+    drop(ctx);
+    // A corrupted answer is never taken for a value (a decode error or no frame at all).
+    let mut ctx = open();
+    ctx.set_slave(Slave(5));
+    match timeout(Duration::from_millis(300), ctx.read_holding_registers(0, 1)).await {
+        Err(_) | Ok(Err(_)) => {}
+        Ok(Ok(v)) => panic!("corrupted answer accepted: {v:?}"),
+    }
+    drop(ctx);
+    // A slow unit: the answer cannot come before its delay, then it is a normal answer
+    // (the same request again: whichever answer is taken, the late or the new one, is right).
+    let mut ctx = open();
+    ctx.set_slave(Slave(4));
+    assert!(
+        timeout(Duration::from_millis(100), ctx.read_holding_registers(0, 1))
+            .await
+            .is_err()
+    );
+    let late = timeout(DEADLINE, ctx.read_holding_registers(0, 1))
+        .await
+        .unwrap();
+    assert_eq!(late.unwrap(), Ok(vec![0]));
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn fault_mistakes_are_named_before_anything_is_served() {
+    for (args, needle) in [
+        (
+            &["--unit", "1", "--silent", "9"][..],
+            "unit 9, which is not simulated",
+        ),
+        (&["--unit", "1", "--slow", "1"][..], "expected UNIT=DELAY"),
+        (
+            &["--unit", "1", "--exception", "1:holdings:5:04"][..],
+            "is not a table",
+        ),
+        (
+            &["--unit", "1", "--exception", "1:holding:5:zz"][..],
+            "not an exception code",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_modbus-sim"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }

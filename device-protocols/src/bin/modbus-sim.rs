@@ -8,7 +8,11 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use device_protocols::point::Table;
 use device_protocols::serial::{Parity, SerialSettings};
-use device_protocols::sim::{Generator, RtuSim, SimMap, TcpSim, UnitMap};
+use device_protocols::sim::{ExceptionRule, Generator, RtuSim, SimHandle, SimMap, TcpSim, UnitMap};
+use serde::Deserialize as _;
+use serde::de::value::StrDeserializer;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_modbus::ExceptionCode;
 
 /// Modbus slave simulator: several units (unit ids) answering on one RTU line or one Modbus
 /// TCP endpoint, for commissioning, demos and tests.
@@ -44,6 +48,20 @@ use device_protocols::sim::{Generator, RtuSim, SimMap, TcpSim, UnitMap};
 ///   period = "60s"
 ///
 /// Addresses absent from the map answer exception 02 (illegal data address).
+///
+/// Faults, to see how a gateway copes (UNIT = unit id; repeat the option for several):
+///
+///   --silent 7                        # unit 7 never answers (a dead or unwired device)
+///
+///   --slow 7=800ms                    # unit 7 answers 800 ms late (the line waits for it)
+///
+///   --garbage 7                       # unit 7 answers line noise (wrong baud, bad wiring)
+///
+///   --bad-crc 7                       # unit 7's answers arrive corrupted (noise, termination)
+///
+///   --exception 7:holding:100-109:04  # exception 04 for reads/writes touching 100..=109
+///
+/// On a pty any baud rate and parity work: open the printed path like a serial port.
 /// Runs until interrupted (Ctrl-C / SIGINT) or terminated (SIGTERM); then removes its pty link.
 // The doc comment is the `--help` text, not rustdoc.
 #[allow(clippy::doc_markdown)]
@@ -88,6 +106,106 @@ struct Args {
     /// the units on its serial side; one connection at a time).
     #[arg(long, value_name = "ADDR")]
     rtu_over_tcp: Option<SocketAddr>,
+
+    /// Fault: this unit never answers. Repeatable.
+    #[arg(long, value_name = "UNIT")]
+    silent: Vec<u8>,
+
+    /// Fault: this unit answers late, e.g. 7=800ms. Repeatable.
+    #[arg(long, value_name = "UNIT=DELAY", value_parser = parse_slow)]
+    slow: Vec<(u8, Duration)>,
+
+    /// Fault: this unit answers line noise instead of its answer (on Modbus TCP: nothing).
+    /// Repeatable.
+    #[arg(long, value_name = "UNIT")]
+    garbage: Vec<u8>,
+
+    /// Fault: this unit's answers arrive with a corrupted CRC (RTU only). Repeatable.
+    #[arg(long, value_name = "UNIT")]
+    bad_crc: Vec<u8>,
+
+    /// Fault: exception answers for requests touching some addresses, as
+    /// UNIT:TABLE:FROM[-TO]:CODE with TABLE holding, input, coil or discrete_input and CODE
+    /// in hex (01 illegal function, 02 illegal address, 03 illegal value, 04 device failure,
+    /// 06 busy). Repeatable.
+    #[arg(long, value_name = "RULE", value_parser = parse_exception)]
+    exception: Vec<(u8, ExceptionRule)>,
+}
+
+fn parse_slow(s: &str) -> Result<(u8, Duration), String> {
+    let (unit, delay) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected UNIT=DELAY, e.g. 7=800ms"))?;
+    let unit = unit
+        .parse()
+        .map_err(|_| format!("`{unit}` is not a unit id"))?;
+    let delay = humantime::parse_duration(delay).map_err(|e| format!("`{delay}`: {e}"))?;
+    Ok((unit, delay))
+}
+
+fn parse_exception(s: &str) -> Result<(u8, ExceptionRule), String> {
+    let usage = || format!("`{s}`: expected UNIT:TABLE:FROM[-TO]:CODE, e.g. 7:holding:100-109:04");
+    let [unit, table, addresses, code] = s.split(':').collect::<Vec<_>>()[..] else {
+        return Err(usage());
+    };
+    let unit: u8 = unit
+        .parse()
+        .map_err(|_| format!("`{unit}` is not a unit id"))?;
+    let table = Table::deserialize(StrDeserializer::<serde::de::value::Error>::new(table))
+        .map_err(|_| format!("`{table}` is not a table (holding, input, coil, discrete_input)"))?;
+    let address = |a: &str| {
+        a.parse::<u16>()
+            .map_err(|_| format!("`{a}` is not an address 0..=65535"))
+    };
+    let (from, to) = match addresses.split_once('-') {
+        Some((from, to)) => (address(from)?, address(to)?),
+        None => (address(addresses)?, address(addresses)?),
+    };
+    if from > to {
+        return Err(usage());
+    }
+    let code = u8::from_str_radix(code.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("`{code}` is not an exception code in hex (02, 04, 0B, …)"))?;
+    Ok((
+        unit,
+        ExceptionRule::at(table, from..=to, ExceptionCode::new(code)),
+    ))
+}
+
+/// Every unit a fault names must be simulated.
+fn check_faults(args: &Args, map: &SimMap) -> anyhow::Result<()> {
+    let named = args
+        .silent
+        .iter()
+        .chain(&args.garbage)
+        .chain(&args.bad_crc)
+        .chain(args.slow.iter().map(|(u, _)| u))
+        .chain(args.exception.iter().map(|(u, _)| u));
+    for unit in named {
+        if !map.units.contains_key(unit) {
+            bail!("a fault names unit {unit}, which is not simulated");
+        }
+    }
+    Ok(())
+}
+
+/// Switches the faults given on the command line on.
+fn apply_faults(args: &Args, handle: &SimHandle) {
+    for &unit in &args.silent {
+        handle.set_silent(unit, true);
+    }
+    for &unit in &args.garbage {
+        handle.set_garbage(unit, true);
+    }
+    for &unit in &args.bad_crc {
+        handle.set_bad_crc(unit, true);
+    }
+    for &(unit, delay) in &args.slow {
+        handle.set_delay(unit, Some(delay));
+    }
+    for (unit, rule) in &args.exception {
+        handle.add_exception(*unit, rule.clone());
+    }
 }
 
 fn parse_parity(s: &str) -> Result<Parity, String> {
@@ -145,20 +263,27 @@ fn ids(map: &SimMap) -> String {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let map = build_map(&args)?;
+    check_faults(&args, &map)?;
     let units = ids(&map);
+    // Handlers first: whoever reads the "serving" line may signal us at once, and a signal
+    // that arrives before its handler kills the process without removing the pty link.
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     // Keep the simulator alive until the end of main.
     let _guard: Box<dyn std::fmt::Debug> = if let Some(addr) = args.tcp {
         let sim = TcpSim::bind(addr, map).await?;
+        apply_faults(&args, sim.handle());
         println!("serving units {units} on Modbus TCP {}", sim.addr());
         Box::new(sim)
     } else if let Some(addr) = args.rtu_over_tcp {
         let sim = RtuSim::start_rtu_over_tcp(addr, map).await?;
+        apply_faults(&args, sim.handle());
         let addr = sim
             .tcp_addr()
             .expect("an RTU-over-TCP simulator has an address");
         println!("serving units {units} on RTU over TCP {addr}");
         Box::new(sim)
-    } else if let Some(path) = args.port {
+    } else if let Some(path) = args.port.clone() {
         let settings = SerialSettings {
             path,
             baud: args.baud,
@@ -168,14 +293,16 @@ async fn main() -> anyhow::Result<()> {
         };
         let shown = settings.to_string();
         let sim = RtuSim::start_on_serial(settings, map)?;
+        apply_faults(&args, sim.handle());
         println!("serving units {units} on {shown}");
         Box::new(sim)
     } else {
-        let link = args.pty.unwrap_or_else(|| {
+        let link = args.pty.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("modbus-sim-{}.tty", std::process::id()))
         });
         let sim = RtuSim::start(&link, map)
             .with_context(|| format!("creating a pty behind {}", link.display()))?;
+        apply_faults(&args, sim.handle());
         let target = std::fs::read_link(sim.path()).unwrap_or_default();
         println!(
             "serving units {units} on {} (-> {})",
@@ -184,10 +311,8 @@ async fn main() -> anyhow::Result<()> {
         );
         Box::new(sim)
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     Ok(())

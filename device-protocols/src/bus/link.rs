@@ -9,6 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -26,9 +27,10 @@ trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// A transport shared between the link and the (replaceable) tokio-modbus context. Only one
-/// of them uses it at a time, so the lock is never contended.
+/// of them uses it at a time, so the lock is never contended. Counts the bytes received, so
+/// that a timeout with bytes on the line can be told from silence.
 #[derive(Clone)]
-struct SharedIo(Arc<Mutex<Box<dyn Io>>>);
+struct SharedIo(Arc<Mutex<Box<dyn Io>>>, Arc<AtomicU64>);
 
 impl std::fmt::Debug for SharedIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,7 +51,11 @@ impl AsyncRead for SharedIo {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.with(|io| io.poll_read(cx, buf))
+        let before = buf.filled().len();
+        let poll = self.with(|io| io.poll_read(cx, buf));
+        let received = buf.filled().len() - before;
+        self.1.fetch_add(received as u64, Ordering::Relaxed);
+        poll
     }
 }
 
@@ -74,8 +80,13 @@ impl AsyncWrite for SharedIo {
 /// How one transaction failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TxError {
-    /// No (complete) answer within the timeout.
+    /// No answer within the timeout: the line stayed silent.
     Timeout,
+    /// No answer within the timeout, but bytes arrived that did not form a valid frame (bad
+    /// CRC, noise, wrong baud rate or parity). tokio-modbus' decoder resynchronises byte by
+    /// byte instead of failing, so a corrupted short answer ends as a timeout; this tells it
+    /// from silence. Costs the line a full timeout, like [`TxError::Timeout`].
+    Unframed(String),
     /// The unit answered with an exception.
     Exception(Exception),
     /// The answer was corrupted (CRC, garbage, wrong unit or function).
@@ -146,7 +157,7 @@ pub(crate) async fn open(
         }
     };
     Ok(Link {
-        io: SharedIo(Arc::new(Mutex::new(io))),
+        io: SharedIo(Arc::new(Mutex::new(io)), Arc::new(AtomicU64::new(0))),
         framing,
         ctx: None,
         timeout,
@@ -175,10 +186,18 @@ impl Link {
         });
         ctx.set_slave(Slave(unit));
         let expected = expected_len(&request);
+        let received_before = self.io.1.load(Ordering::Relaxed);
         let result = tokio::time::timeout(self.timeout, ctx.call(request)).await;
         self.last_activity = Instant::now();
         let outcome = match result {
-            Err(_elapsed) => Err(TxError::Timeout),
+            Err(_elapsed) => match self.io.1.load(Ordering::Relaxed) - received_before {
+                0 => Err(TxError::Timeout),
+                n => Err(TxError::Unframed(format!(
+                    "no valid answer within {:?}, {n} bytes that do not form a frame \
+                     (bad CRC? check baud rate, parity, wiring)",
+                    self.timeout
+                ))),
+            },
             Ok(Ok(Ok(response))) => match (expected, response_len(&response)) {
                 // RTU answers carry no transaction id: a late answer to an earlier request
                 // of the same unit and function would otherwise pass for this one.

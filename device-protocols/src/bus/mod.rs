@@ -5,9 +5,16 @@
 //!   on its own poll period; writes go before the next poll request.
 //! - A unit that times out ends its cycle at once and is backed off alone (exponential with
 //!   jitter, capped, see [`crate::backoff`]), so a dead unit costs the line at most one timeout
-//!   per backoff period. Exceptions mean the unit is alive.
-//! - Exception 02 on a merged read makes the unit's [`AdaptivePlanner`] split the request,
-//!   retried in the same cycle; the split is remembered.
+//!   per backoff period. Exceptions mean the unit is alive. A timeout during which bytes
+//!   arrived that never formed a frame (bad CRC, wrong baud rate) is handled the same way but
+//!   reported as a corrupted answer, not as silence.
+//! - A late answer (after the timeout) is drained before the next request when it comes
+//!   within the drain window; one that arrives later still is rejected by unit id, function
+//!   code and length checks (the innocent unit's transaction counts one corrupted answer and
+//!   is retried). Size the timeout for the slowest unit on the line.
+//! - Exception 02 on a merged read (or 03 on a read merging several points: some devices
+//!   answer 03 to reads that are too long for them) makes the unit's [`AdaptivePlanner`]
+//!   split the request, retried in the same cycle; the split is remembered.
 //! - A port or connection that fails (I/O error, EOF, unplugged USB adapter) is reopened with
 //!   backoff and polling resumes by itself. Use `/dev/serial/by-id/…` paths: they survive
 //!   replugging, `/dev/ttyUSBn` numbers do not.
@@ -91,7 +98,8 @@ pub struct BusConfig {
     pub unit_backoff: BackoffConfig,
     /// Backoff between attempts to reopen a lost port or connection.
     pub reopen_backoff: BackoffConfig,
-    /// Consecutive timeouts after which a unit is reported offline.
+    /// Transactions in a row without a valid answer (timeouts, corrupted answers) after
+    /// which a unit is reported offline.
     pub offline_after: u32,
     /// Immediate retries of a transaction whose answer was corrupted.
     pub garbage_retries: u32,
@@ -103,7 +111,8 @@ pub struct BusConfig {
 
 impl BusConfig {
     /// A bus with defaults: 500 ms timeout, no extra turnaround, unit backoff 1 s…60 s,
-    /// reopen backoff 500 ms…30 s, offline after 3 timeouts, one retry on garbage.
+    /// reopen backoff 500 ms…30 s, offline after 3 transactions without a valid answer,
+    /// one retry on garbage.
     pub fn new(name: impl Into<String>, transport: Transport) -> Self {
         Self {
             name: name.into(),
@@ -191,6 +200,8 @@ pub struct Exception(pub u8);
 impl Exception {
     /// 02: illegal data address.
     pub const ILLEGAL_DATA_ADDRESS: Exception = Exception(2);
+    /// 03: illegal data value (also used by some devices for reads that are too long).
+    pub const ILLEGAL_DATA_VALUE: Exception = Exception(3);
 
     /// The standard name of the code.
     pub fn name(self) -> &'static str {
@@ -243,7 +254,7 @@ impl From<TxError> for PointError {
         match e {
             TxError::Timeout => Self::Timeout,
             TxError::Exception(x) => Self::Exception(x),
-            TxError::Garbage(m) => Self::Garbage(m),
+            TxError::Garbage(m) | TxError::Unframed(m) => Self::Garbage(m),
             TxError::Port(m) => Self::Port(m),
         }
     }
@@ -736,7 +747,11 @@ impl Runtime {
             let Some(link) = self.link.as_mut() else {
                 return Err(TxError::Port("port not open".into()));
             };
-            let result = link.call(unit, request.clone()).await;
+            let result = link.call(unit, request.clone()).await.map_err(|e| match e {
+                // Name the port: the OS error alone ("Input/output error") does not.
+                TxError::Port(m) => TxError::Port(format!("{}: {m}", self.config.transport)),
+                other => other,
+            });
             match &result {
                 Ok(_) => self.tally(idx, &Tally::Success),
                 Err(e) => self.tally(idx, &Tally::Failure(e)),
@@ -767,6 +782,7 @@ impl Runtime {
                     u.last_success = Some(SystemTime::now());
                     u.consecutive_errors = 0;
                     u.consecutive_timeouts = 0;
+                    u.consecutive_unanswered = 0;
                     u.backoff = None;
                 }
                 Tally::Failure(e) => {
@@ -776,18 +792,25 @@ impl Runtime {
                         TxError::Timeout => {
                             u.timeouts += 1;
                             u.consecutive_timeouts += 1;
-                            if u.consecutive_timeouts >= offline_after && u.online {
-                                tracing::warn!(bus = %bus, unit = u.unit, "unit offline after {} timeouts", u.consecutive_timeouts);
-                                u.online = false;
-                            }
+                            u.consecutive_unanswered += 1;
                         }
                         TxError::Exception(_) => {
                             u.exceptions += 1;
                             u.online = true;
                             u.consecutive_timeouts = 0;
+                            u.consecutive_unanswered = 0;
                         }
-                        TxError::Garbage(_) => u.crc_errors += 1,
+                        TxError::Garbage(_) | TxError::Unframed(_) => {
+                            u.crc_errors += 1;
+                            u.consecutive_unanswered += 1;
+                        }
                         TxError::Port(_) => u.online = false,
+                    }
+                    if u.consecutive_unanswered >= offline_after && u.online {
+                        tracing::warn!(bus = %bus, unit = u.unit, last_error = ?u.last_error,
+                            "unit offline after {} transactions without a valid answer",
+                            u.consecutive_unanswered);
+                        u.online = false;
                     }
                 }
             }
@@ -841,7 +864,9 @@ impl Runtime {
                 }
                 u.backoff.reset();
             }
-            Err(TxError::Exception(Exception::ILLEGAL_DATA_ADDRESS)) => {
+            Err(TxError::Exception(code)) if splits_on(code, &req, &u.points) => {
+                // Exceptions mean alive.
+                u.backoff.reset();
                 match u.planner.on_illegal_address(&req) {
                     SplitOutcome::Retry(parts) => {
                         tracing::debug!(
@@ -849,7 +874,7 @@ impl Runtime {
                             address = req.address,
                             count = req.count,
                             parts = parts.len(),
-                            "exception 02 on merged read; splitting"
+                            "{code} on merged read; splitting"
                         );
                         for part in parts.into_iter().rev() {
                             cycle.queue.push_front(part);
@@ -857,16 +882,16 @@ impl Runtime {
                     }
                     SplitOutcome::Unreadable(points) => {
                         for p in points {
-                            cycle.results[p] =
-                                Some(Err(PointError::Exception(Exception::ILLEGAL_DATA_ADDRESS)));
+                            cycle.results[p] = Some(Err(PointError::Exception(code)));
                         }
                     }
                 }
             }
-            Err(TxError::Timeout) => {
-                // A dead unit costs one timeout per backoff period: end its cycle now.
+            Err(e @ (TxError::Timeout | TxError::Unframed(_))) => {
+                // A dead (or unintelligible) unit costs one timeout per backoff period: end its
+                // cycle now.
                 let delay = u.backoff.next_delay().max(u.poll);
-                self.finish_cycle(idx, &PointError::Timeout);
+                self.finish_cycle(idx, &PointError::from(e));
                 let u = &mut self.units[idx];
                 u.next_due = Instant::now() + delay;
                 self.health
@@ -874,6 +899,9 @@ impl Runtime {
                 return;
             }
             Err(e) => {
+                if matches!(e, TxError::Exception(_)) {
+                    u.backoff.reset();
+                }
                 let e = PointError::from(e);
                 for &p in &req.points {
                     cycle.results[p] = Some(Err(e.clone()));
@@ -1021,6 +1049,20 @@ impl Runtime {
             .map_err(|e| write_failed(e.into()))?;
         self.read_point(idx, p).await
     }
+}
+
+/// Whether an exception answer to the read `req` makes the planner split it: 02 (illegal data
+/// address) always, and 03 (illegal data value) when the request merges points of different
+/// extents — some devices answer 03 to a read that is too long for them or that spans an
+/// undefined register. A single point refused with 03 is just reported.
+fn splits_on(code: Exception, req: &ReadRequest, points: &[Point]) -> bool {
+    let extent = |p: usize| (points[p].address, points[p].count());
+    code == Exception::ILLEGAL_DATA_ADDRESS
+        || (code == Exception::ILLEGAL_DATA_VALUE
+            && req
+                .points
+                .iter()
+                .any(|&p| extent(p) != extent(req.points[0])))
 }
 
 fn read_request(req: &ReadRequest) -> Request<'static> {

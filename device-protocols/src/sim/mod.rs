@@ -118,6 +118,9 @@ pub struct UnitStats {
     pub answered: u64,
     /// Exception answers sent.
     pub exceptions: u64,
+    /// Requests by function code (index = code, e.g. `by_function[6]` counts fc 6 writes;
+    /// codes ≥ 32 are not counted here).
+    pub by_function: [u64; 32],
 }
 
 #[derive(Debug)]
@@ -321,6 +324,13 @@ impl SimHandle {
             return Decision::Ignore;
         };
         u.stats.requests += 1;
+        if let Some(n) = u
+            .stats
+            .by_function
+            .get_mut(usize::from(req.request.function_code().value()))
+        {
+            *n += 1;
+        }
         if u.faults.silent {
             return Decision::Ignore;
         }
