@@ -156,3 +156,31 @@ fn parse_duration(s: &str) -> Result<Duration, Box<Response>> {
 fn bad(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Hub, HubSettings};
+
+    #[tokio::test(start_paused = true)]
+    async fn refusal_ends_by_itself_after_its_duration() {
+        let hub = Hub::new(HubSettings::default()).unwrap();
+        let q = |d: &str| {
+            Query(RefuseQuery {
+                duration: d.to_owned(),
+            })
+        };
+        let resp = refuse(State(hub.clone()), q("30s")).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert!(hub.refusing_connections());
+        tokio::time::advance(Duration::from_millis(29_999)).await;
+        assert!(hub.refusing_connections());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!hub.refusing_connections());
+        // A new refusal can be ended early.
+        refuse(State(hub.clone()), q("1h")).await;
+        assert!(hub.refusing_connections());
+        refuse(State(hub.clone()), q("0s")).await;
+        assert!(!hub.refusing_connections());
+    }
+}

@@ -40,7 +40,8 @@ struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
-    /// PEM private key for MQTT over TLS (needs --tls-cert).
+    /// PEM private key for MQTT over TLS (needs --tls-cert). Refused when its group or others
+    /// may access it: `chmod 600` it.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
@@ -53,7 +54,7 @@ struct Cli {
     no_service: bool,
 
     /// Shared-access key (base64) the service API requires in `Authorization`; none = open.
-    #[arg(long, value_name = "BASE64")]
+    #[arg(long, value_name = "BASE64", value_parser = base64_key)]
     service_key: Option<String>,
 
     /// Control endpoint listen address (drop connections, refuse, delay, throttle, counters).
@@ -123,12 +124,11 @@ async fn main() -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(tls::server_config_from_files(cert, key)?),
         _ => None,
     };
-    let default_port = if tls.is_some() { 8883 } else { 1883 };
     let config = Config {
         hostname: cli.hostname,
         mqtt_bind: cli
             .mqtt_bind
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port))),
+            .unwrap_or_else(|| default_mqtt_bind(tls.is_some())),
         tls,
         service_bind: (!cli.no_service).then_some(cli.service_bind),
         control_bind: (!cli.no_control).then_some(cli.control_bind),
@@ -150,6 +150,19 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+/// A base64 key argument, refused at parse time when it is not base64 (a typo would otherwise
+/// only show as every request failing with 401).
+fn base64_key(s: &str) -> Result<String, String> {
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s.trim())
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("not base64: {e}"))
+}
+
+/// Loopback, on MQTT's TLS port 8883 or its plain port 1883.
+fn default_mqtt_bind(tls: bool) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], if tls { 8883 } else { 1883 }))
 }
 
 fn print_token(cli: &Cli, device: &str, key: Option<&str>, ttl: Duration) -> anyhow::Result<()> {
@@ -182,4 +195,68 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Cli, default_mqtt_bind};
+
+    #[test]
+    fn service_key_must_be_base64() {
+        let parse = |key: &str| Cli::try_parse_from(["hub-emulator", "--service-key", key]);
+        let cli = parse("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
+        assert!(cli.service_key.is_some());
+        let err = parse("not base64!").unwrap_err().to_string();
+        assert!(
+            err.contains("--service-key") && err.contains("not base64"),
+            "{err}"
+        );
+    }
+
+    /// Nothing listens beyond loopback unless asked to.
+    #[test]
+    fn every_listener_binds_loopback_by_default() {
+        let cli = Cli::try_parse_from(["hub-emulator"]).unwrap();
+        assert!(cli.mqtt_bind.is_none());
+        for (addr, port) in [
+            (default_mqtt_bind(true), 8883),
+            (default_mqtt_bind(false), 1883),
+            (cli.service_bind, 8080),
+            (cli.control_bind, 8081),
+        ] {
+            assert!(addr.ip().is_loopback(), "{addr}");
+            assert_eq!(addr.port(), port);
+        }
+    }
+
+    /// `--help` documents every flag: each argument of the command and of its subcommands has
+    /// a help text (the integration test checks the rendered output names them).
+    #[test]
+    fn every_argument_has_help() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut commands = vec![&cmd];
+        commands.extend(cmd.get_subcommands());
+        for c in commands {
+            for arg in c.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                assert!(
+                    arg.get_help()
+                        .is_some_and(|h| !h.to_string().trim().is_empty()),
+                    "{} argument {id} has no help text",
+                    c.get_name()
+                );
+            }
+            assert!(
+                c.get_about().is_some(),
+                "{} has no about text",
+                c.get_name()
+            );
+        }
+    }
 }

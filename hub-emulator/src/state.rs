@@ -240,10 +240,34 @@ struct Device {
 /// MQTT subscriptions of a session: topic filter and granted `QoS`, in subscription order.
 pub type Subscriptions = Vec<(String, rumqttc::mqttbytes::QoS)>;
 
+/// How many events (desired notifications) may wait for one connection. A device that falls
+/// this far behind is disconnected rather than buffered without bound; it reconnects and reads
+/// its twin, as after any disconnect.
+pub const CONN_EVENT_CAPACITY: usize = 256;
+
 #[derive(Debug)]
 struct ConnSlot {
     conn_id: u64,
-    tx: mpsc::UnboundedSender<ConnEvent>,
+    tx: mpsc::Sender<ConnEvent>,
+}
+
+impl ConnSlot {
+    /// Queues `event`; `false` when the connection has fallen [`CONN_EVENT_CAPACITY`] events
+    /// behind (the caller then drops the slot, which ends the session once it has drained its
+    /// queue) or has already ended.
+    fn send(&self, event: ConnEvent) -> bool {
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    conn_id = self.conn_id,
+                    "device connection is {CONN_EVENT_CAPACITY} events behind; disconnecting it"
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 /// A message from the hub to one live MQTT connection.
@@ -281,7 +305,7 @@ pub struct Connection {
     /// Unique per connection; pass it back to [`Hub::disconnect`].
     pub conn_id: u64,
     /// Desired notifications and close requests for this connection.
-    pub events: mpsc::UnboundedReceiver<ConnEvent>,
+    pub events: mpsc::Receiver<ConnEvent>,
     /// The subscriptions of the persistent session this connection resumes (CONNACK
     /// "session present"); `None` when it starts a new session.
     pub resumed: Option<Subscriptions>,
@@ -831,8 +855,12 @@ impl Hub {
                 dev.twin = twin;
                 changed_any = true;
             }
-            if let (Some((version, payload)), Some(conn)) = (notify, &dev.connection) {
-                let _ = conn.tx.send(ConnEvent::Desired { version, payload });
+            if let (Some((version, payload)), Some(conn)) = (notify, &dev.connection)
+                && !conn.send(ConnEvent::Desired { version, payload })
+            {
+                // Too far behind (or gone): unregister it; its session ends once drained.
+                dev.connection = None;
+                dev.connection_state_updated = Some(now);
             }
             out = twin_json(dev);
             if changed_any {
@@ -928,9 +956,10 @@ impl Hub {
             .devices
             .get_mut(device_id)
             .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = mpsc::channel(CONN_EVENT_CAPACITY);
         if let Some(old) = dev.connection.replace(ConnSlot { conn_id, tx }) {
-            let _ = old.tx.send(ConnEvent::Close(CloseReason::Replaced));
+            // If the queue is full, dropping `old` ends that session once it has drained.
+            old.send(ConnEvent::Close(CloseReason::Replaced));
         }
         let resumed = if clean_session {
             dev.session = None;
@@ -1006,10 +1035,15 @@ impl Hub {
             if device_id.is_some_and(|id| id != dev.identity.device_id) {
                 continue;
             }
-            if let Some(conn) = &dev.connection
-                && conn.tx.send(ConnEvent::Close(reason)).is_ok()
-            {
-                n += 1;
+            if let Some(conn) = &dev.connection {
+                if conn.send(ConnEvent::Close(reason)) {
+                    n += 1;
+                } else if !conn.tx.is_closed() {
+                    // Queue full: dropping the slot ends the session once it has drained.
+                    dev.connection = None;
+                    dev.connection_state_updated = Some(now_rfc3339());
+                    n += 1;
+                }
             }
         }
         n
@@ -1134,7 +1168,7 @@ fn register_locked(
         if dev.identity.status == DeviceStatus::Disabled
             && let Some(conn) = dev.connection.take()
         {
-            let _ = conn.tx.send(ConnEvent::Close(CloseReason::Disabled));
+            conn.send(ConnEvent::Close(CloseReason::Disabled));
         }
     } else {
         let now = now_rfc3339();

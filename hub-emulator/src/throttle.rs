@@ -5,7 +5,7 @@
 //! bucket holds at most `max(rate, 1)` tokens (one second's worth) and refills continuously; a
 //! new bucket starts full.
 
-use tokio::time::{Duration, Instant};
+use tokio::time::Instant;
 
 /// A token bucket for twin operations; `rate = None` never throttles.
 #[derive(Debug, Clone)]
@@ -49,22 +49,6 @@ impl Throttle {
             false
         }
     }
-
-    /// How long until one token is available (zero when one is available now).
-    pub fn wait_time(&self, now: Instant) -> Duration {
-        let Some(rate) = self.rate else {
-            return Duration::ZERO;
-        };
-        let elapsed = self
-            .last
-            .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
-        let tokens = (self.tokens + elapsed * rate).min(capacity(rate));
-        if tokens >= 1.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((1.0 - tokens) / rate)
-        }
-    }
 }
 
 fn capacity(rate: f64) -> f64 {
@@ -74,6 +58,7 @@ fn capacity(rate: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_refill() {
@@ -82,7 +67,6 @@ mod tests {
         let granted = (0..10).filter(|_| t.try_acquire(start)).count();
         assert_eq!(granted, 5, "a full bucket grants one second's worth");
         assert!(!t.try_acquire(start));
-        assert_eq!(t.wait_time(start), Duration::from_millis(200));
         tokio::time::advance(Duration::from_millis(200)).await;
         assert!(t.try_acquire(Instant::now()));
         assert!(!t.try_acquire(Instant::now()));

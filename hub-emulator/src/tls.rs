@@ -33,13 +33,26 @@ pub enum TlsError {
     /// The key file holds no private key.
     #[error("{0}: no PEM private key (PKCS#8, PKCS#1 or SEC1) found")]
     NoKey(PathBuf),
+    /// The key file grants access to its group or to others.
+    #[error(
+        "refusing TLS key {path}: mode {mode:04o} lets group or others access it; \
+         restrict it with `chmod 600 {path}`"
+    )]
+    KeyNotPrivate {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// rustls refused the certificate/key pair.
     #[error("building the TLS server configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
-/// A server configuration from PEM files: a certificate chain and its private key.
+/// A server configuration from PEM files: a certificate chain and its private key. A key file
+/// that its group or others may access (any of mode `0o077`) is refused, as ssh does.
 pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    check_key_is_private(key)?;
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| TlsError::Read {
             path: path.to_owned(),
@@ -64,6 +77,26 @@ pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerCon
         })?
         .ok_or_else(|| TlsError::NoKey(key.to_owned()))?;
     server_config(certs, key_der)
+}
+
+/// Refuses a key file whose mode grants its group or others any access.
+fn check_key_is_private(key: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(key)
+        .map_err(|source| TlsError::Read {
+            path: key.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyNotPrivate {
+            path: key.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// A server configuration from DER certificate chain and key. Client certificates are

@@ -15,7 +15,7 @@ async fn tls_connect_get_and_plain_tcp_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert_pem).unwrap();
-    std::fs::write(&key_path, key_pem).unwrap();
+    write_private(&key_path, &key_pem);
     let server = hub_emulator::tls::server_config_from_files(&cert_path, &key_path).unwrap();
     let emu = start(|c| c.tls = Some(server)).await;
     assert!(emu.is_tls());
@@ -121,10 +121,58 @@ fn missing_key_file_is_reported_with_its_path() {
     let key = dir.path().join("nope.pem");
     let err = hub_emulator::tls::server_config_from_files(&cert, &key).unwrap_err();
     assert!(err.to_string().contains("nope.pem"), "{err}");
-    std::fs::write(&key, "not a key").unwrap();
+    write_private(&key, "not a key");
     let err = hub_emulator::tls::server_config_from_files(&cert, &key).unwrap_err();
     assert!(
         matches!(err, hub_emulator::tls::TlsError::NoKey(_)),
         "{err}"
+    );
+}
+
+/// Writes a file only its owner may read (mode 0600), as a key file must be.
+fn write_private(path: &std::path::Path, contents: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("creating the key file");
+    f.write_all(contents.as_bytes())
+        .expect("writing the key file");
+}
+
+#[test]
+fn key_file_readable_by_group_or_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem, _) = test_cert();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, cert_pem).unwrap();
+    write_private(&key, &key_pem);
+    assert!(hub_emulator::tls::server_config_from_files(&cert, &key).is_ok());
+    for mode in [0o644, 0o640, 0o604, 0o620] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = hub_emulator::tls::server_config_from_files(&cert, &key).unwrap_err();
+        assert!(
+            matches!(err, hub_emulator::tls::TlsError::KeyNotPrivate { mode: m, .. } if m == mode),
+            "mode {mode:o}: {err}"
+        );
+    }
+    // The binary refuses to start, naming the file and the fix.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hub-emulator"))
+        .args(["--mqtt-bind", "127.0.0.1:0", "--no-service", "--no-control"])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&key.display().to_string()) && stderr.contains("chmod 600"),
+        "{stderr}"
     );
 }

@@ -29,6 +29,12 @@ pub const MAX_PACKET_SIZE: usize = 512 * 1024;
 pub const MAX_SUBSCRIPTIONS: usize = 5;
 /// A connection that sends no CONNECT within this time is closed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many twin responses per connection are held back by an injected delay; requests
+/// beyond it are answered 429 at once.
+pub const MAX_DELAYED_RESPONSES: usize = 256;
+/// A device that does not take a packet off the socket within this time is disconnected: a
+/// blocked write would otherwise stall its session (keep-alive, expiry, close requests) forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Filter of twin responses.
 const TWIN_RES_FILTER: &str = "$iothub/twin/res/#";
@@ -127,6 +133,7 @@ pub async fn serve<S>(
         persistent: !connect.clean_session,
         subscriptions: connection.resumed.unwrap_or_default(),
         next_pkid: 0,
+        delayed_pending: 0,
     };
     let (device_id, reason) = session
         .run(&mut framed, connection.events, connect.keep_alive, expiry)
@@ -134,7 +141,8 @@ pub async fn serve<S>(
     tracing::info!(%peer, %device_id, %reason, "device disconnected");
     // Unregister before the device can see the close, so "disconnected" is never stale.
     drop(registration);
-    let _ = framed.close().await;
+    // Bounded: flushing to a device that stopped reading would never end.
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.close()).await;
 }
 
 /// Unregisters the connection from the hub however the task ends (even when aborted).
@@ -233,6 +241,8 @@ struct Session {
     persistent: bool,
     subscriptions: Subscriptions,
     next_pkid: u16,
+    /// Twin responses held back by the control endpoint's delay, not yet sent.
+    delayed_pending: usize,
 }
 
 /// Why the session ended: (device id, reason).
@@ -247,7 +257,7 @@ impl Session {
     async fn run<S>(
         mut self,
         framed: &mut Framed<S, Codec>,
-        mut events: mpsc::UnboundedReceiver<ConnEvent>,
+        mut events: mpsc::Receiver<ConnEvent>,
         keep_alive_secs: u16,
         expiry: Instant,
     ) -> End
@@ -288,6 +298,7 @@ impl Session {
                     None => Step::Close("hub dropped the connection".into()),
                 },
                 Some((status, topic, body)) = delayed_rx.recv() => {
+                    self.delayed_pending = self.delayed_pending.saturating_sub(1);
                     self.send_response(framed, status, topic, body).await
                 }
                 () = sleep_until(ka_deadline) => {
@@ -404,6 +415,10 @@ impl Session {
                 return Step::Close(e.to_string());
             }
         };
+        let delay = self.hub.faults().twin_response_delay;
+        // A device pipelining requests while responses are delayed: answer 429 at once beyond
+        // a bound, rather than holding responses without limit.
+        let backlog_full = !delay.is_zero() && self.delayed_pending >= MAX_DELAYED_RESPONSES;
         let (rid, status, version, body) = match request {
             DeviceRequest::Telemetry => {
                 Counters::bump(&self.hub.counters.telemetry);
@@ -411,7 +426,7 @@ impl Session {
             }
             DeviceRequest::TwinGet { rid } => {
                 Counters::bump(&self.hub.counters.twin_gets);
-                if self.hub.try_twin_op() {
+                if !backlog_full && self.hub.try_twin_op() {
                     match self.hub.device_twin_get(&self.device_id) {
                         Ok(twin) => (rid, 200, None, Bytes::from(twin.to_string())),
                         Err(e) => error_response(rid, &e),
@@ -422,7 +437,7 @@ impl Session {
             }
             DeviceRequest::ReportedPatch { rid } => {
                 Counters::bump(&self.hub.counters.reported_patches);
-                if self.hub.try_twin_op() {
+                if !backlog_full && self.hub.try_twin_op() {
                     self.apply_reported(rid, &publish.payload)
                 } else {
                     throttled(rid)
@@ -435,11 +450,11 @@ impl Session {
             return Step::Close(r);
         }
         let topic = topics::twin_response_topic(status, &rid, version);
-        let delay = self.hub.faults().twin_response_delay;
-        if delay.is_zero() {
+        if delay.is_zero() || backlog_full {
             self.send_response(framed, status, topic, body).await
         } else {
             let tx = delayed_tx.clone();
+            self.delayed_pending += 1;
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 let _ = tx.send((status, topic, body));
@@ -545,8 +560,202 @@ async fn send<S>(framed: &mut Framed<S, Codec>, packet: Packet) -> Step
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match framed.send(packet).await {
-        Ok(()) => Step::Continue,
-        Err(e) => Step::Close(format!("write failed: {e}")),
+    match tokio::time::timeout(WRITE_TIMEOUT, framed.send(packet)).await {
+        Ok(Ok(())) => Step::Continue,
+        Ok(Err(e)) => Step::Close(format!("write failed: {e}")),
+        Err(_) => Step::Close(format!(
+            "the device took no data for {WRITE_TIMEOUT:?}; disconnecting it"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Session timing rules under paused tokio time, over an in-memory stream: exact, and
+    //! without real waiting.
+
+    use rumqttc::mqttbytes::v4::Connect;
+    use tokio::io::DuplexStream;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::state::{DeviceIdentity, Hub, HubSettings};
+
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+    struct Client {
+        framed: Framed<DuplexStream, Codec>,
+        hub: SharedState,
+        server: JoinHandle<()>,
+    }
+
+    /// A hub with device `d1` (no tolerated skew) and a client connected to it with
+    /// `keep_alive` and a token valid for `token_secs`.
+    async fn connected(keep_alive: u16, token_secs: u64) -> Client {
+        connected_over(keep_alive, token_secs, 64 * 1024).await
+    }
+
+    /// As [`connected`], over a stream that buffers `buffer` bytes each way.
+    async fn connected_over(keep_alive: u16, token_secs: u64, buffer: usize) -> Client {
+        let hub = Hub::new(HubSettings {
+            sas_skew: Duration::ZERO,
+            ..HubSettings::default()
+        })
+        .unwrap();
+        hub.register_device(DeviceIdentity::new("d1", KEY, KEY), None)
+            .unwrap();
+        let (client, server) = tokio::io::duplex(buffer);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let server = tokio::spawn(serve(server, hub.clone(), peer, None));
+        let mut framed = Framed::new(
+            client,
+            Codec {
+                max_incoming_size: MAX_PACKET_SIZE,
+                max_outgoing_size: MAX_PACKET_SIZE,
+            },
+        );
+        let mut connect = Connect::new("d1");
+        connect.keep_alive = keep_alive;
+        let token = sas::generate(hub.hostname(), "d1", KEY, now_epoch_secs() + token_secs);
+        connect.set_login(crate::mqtt_username(hub.hostname(), "d1"), token);
+        framed.send(Packet::Connect(connect)).await.unwrap();
+        match framed.next().await {
+            Some(Ok(Packet::ConnAck(ack))) => assert_eq!(ack.code, ConnectReturnCode::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        assert!(hub.is_connected("d1"));
+        Client {
+            framed,
+            hub,
+            server,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_responses_are_bounded_per_connection() {
+        let mut c = connected(0, 3600).await;
+        let subscribe = rumqttc::mqttbytes::v4::Subscribe::new(TWIN_RES_FILTER, QoS::AtMostOnce);
+        c.framed.send(Packet::Subscribe(subscribe)).await.unwrap();
+        assert!(matches!(c.framed.next().await, Some(Ok(Packet::SubAck(_)))));
+        c.hub
+            .set_faults(|f| f.twin_response_delay = Duration::from_secs(10));
+        let requests = MAX_DELAYED_RESPONSES + 1;
+        for rid in 1..=requests {
+            let get = Publish::new(format!("$iothub/twin/GET/?$rid={rid}"), QoS::AtMostOnce, "");
+            c.framed.send(Packet::Publish(get)).await.unwrap();
+        }
+        let start = Instant::now();
+        let mut topics = Vec::new();
+        for _ in 0..requests {
+            match c.framed.next().await {
+                Some(Ok(Packet::Publish(p))) => topics.push((p.topic, start.elapsed())),
+                other => panic!("expected a twin response, got {other:?}"),
+            }
+        }
+        // The request beyond the bound is refused at once; the others come after the delay.
+        assert_eq!(
+            topics[0],
+            (
+                format!("$iothub/twin/res/429/?$rid={requests}"),
+                Duration::ZERO
+            )
+        );
+        let mut delayed: Vec<usize> = topics[1..]
+            .iter()
+            .map(|(topic, at)| {
+                assert_eq!(*at, Duration::from_secs(10), "{topic}");
+                let rid = topic.strip_prefix("$iothub/twin/res/200/?$rid=");
+                rid.and_then(|r| r.parse().ok())
+                    .unwrap_or_else(|| panic!("{topic}"))
+            })
+            .collect();
+        delayed.sort_unstable();
+        assert_eq!(delayed, (1..requests).collect::<Vec<_>>());
+        let counters = c.hub.counters.snapshot();
+        assert_eq!((counters.twin_gets, counters.responses_429), (257, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_that_stops_reading_is_disconnected_not_buffered() {
+        let mut c = connected_over(0, 3600, 1024).await;
+        let subscribe = rumqttc::mqttbytes::v4::Subscribe::new(DESIRED_FILTER, QoS::AtLeastOnce);
+        c.framed.send(Packet::Subscribe(subscribe)).await.unwrap();
+        assert!(matches!(c.framed.next().await, Some(Ok(Packet::SubAck(_)))));
+        // From here on the device keeps its socket open but never reads again.
+        let mut notifications = 0;
+        while c.hub.is_connected("d1") {
+            let patch = serde_json::json!({"properties": {"desired": {"n": notifications}}});
+            c.hub.patch_twin("d1", &patch, None).unwrap();
+            notifications += 1;
+            assert!(
+                notifications <= 2 * crate::state::CONN_EVENT_CAPACITY,
+                "still connected after {notifications} unread notifications"
+            );
+            // Let the session write what the stream takes.
+            tokio::task::yield_now().await;
+        }
+        assert!(notifications > crate::state::CONN_EVENT_CAPACITY);
+        // The blocked session gives up after the write timeout instead of hanging forever.
+        let start = Instant::now();
+        tokio::time::timeout(Duration::from_hours(1), c.server)
+            .await
+            .expect("the session ends")
+            .unwrap();
+        assert!(start.elapsed() >= WRITE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_is_enforced_at_one_and_a_half_times() {
+        let mut c = connected(10, 3600).await;
+        // A ping every 14 s: later than the keep-alive itself, within 1.5 × of it.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(14)).await;
+            c.framed.send(Packet::PingReq).await.unwrap();
+            assert!(matches!(c.framed.next().await, Some(Ok(Packet::PingResp))));
+        }
+        // Then silence: the hub closes exactly 15 s after the last packet.
+        let silent_since = Instant::now();
+        assert!(c.framed.next().await.is_none(), "closed without a packet");
+        assert_eq!(silent_since.elapsed(), Duration::from_secs(15));
+        assert!(!c.hub.is_connected("d1"));
+        assert_eq!(c.hub.counters.snapshot().disconnects_by_hub, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_zero_is_never_enforced_but_the_token_expiry_is() {
+        let mut c = connected(0, 100).await;
+        let start = Instant::now();
+        // No keep-alive, no traffic: the connection lives until the token expires (se is whole
+        // seconds, so up to one second earlier than 100 s after the token was made).
+        assert!(c.framed.next().await.is_none(), "closed without a packet");
+        let lived = start.elapsed();
+        assert!(
+            lived > Duration::from_secs(98) && lived <= Duration::from_secs(100),
+            "{lived:?}"
+        );
+        assert!(!c.hub.is_connected("d1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_do_not_extend_an_expiring_token() {
+        let mut c = connected(10, 60).await;
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if c.framed.send(Packet::PingReq).await.is_err() {
+                break;
+            }
+            match c.framed.next().await {
+                Some(Ok(Packet::PingResp)) => {}
+                None => break,
+                other => panic!("expected PINGRESP or close, got {other:?}"),
+            }
+        }
+        assert!(
+            start.elapsed() <= Duration::from_mins(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(!c.hub.is_connected("d1"));
     }
 }

@@ -77,14 +77,4 @@ impl Query {
     pub fn returns_documents(&self) -> bool {
         self.ast.select == parser::Select::Star
     }
-
-    /// Whether the query aggregates (COUNT and friends) rather than returning documents.
-    pub fn is_aggregate(&self) -> bool {
-        match &self.ast.select {
-            parser::Select::Star => false,
-            parser::Select::Items(items) => items
-                .iter()
-                .any(|i| matches!(i.kind, parser::ItemKind::Agg(..))),
-        }
-    }
 }
