@@ -351,15 +351,7 @@ impl AdaptivePlanner {
             }
             if pts.iter().any(|&i| self.spans[i].end() != end) {
                 // … and retry: the shorter ones may well be readable.
-                self.replan();
-                let retry = plan_subset(
-                    &self.spans,
-                    &self.limits,
-                    &self.barriers,
-                    &self.isolated,
-                    Some(&pts),
-                );
-                return SplitOutcome::Retry(retry.requests);
+                return self.replan_and_retry(&pts);
             }
             // One span fails alone: fence it off.
             self.barriers.insert((table, failed.address));
@@ -386,25 +378,28 @@ impl AdaptivePlanner {
         for b in gap_barriers {
             self.barriers.insert((table, b));
         }
-        self.replan();
-        let retry = plan_subset(
+        self.replan_and_retry(&pts)
+    }
+
+    /// Plans all points, or only `subset`, with everything learned so far.
+    fn plan_of(&self, subset: Option<&[usize]>) -> Plan {
+        plan_subset(
             &self.spans,
             &self.limits,
             &self.barriers,
             &self.isolated,
-            Some(&pts),
-        );
-        SplitOutcome::Retry(retry.requests)
+            subset,
+        )
     }
 
     fn replan(&mut self) {
-        self.plan = plan_subset(
-            &self.spans,
-            &self.limits,
-            &self.barriers,
-            &self.isolated,
-            None,
-        );
+        self.plan = self.plan_of(None);
+    }
+
+    /// Replans with what was just learned and retries the failed request's points `pts`.
+    fn replan_and_retry(&mut self, pts: &[usize]) -> SplitOutcome {
+        self.replan();
+        SplitOutcome::Retry(self.plan_of(Some(pts)).requests)
     }
 }
 
@@ -423,11 +418,21 @@ mod tests {
             .collect()
     }
 
+    /// The point groups of `requests`, in order.
+    fn point_groups(requests: &[ReadRequest]) -> Vec<Vec<usize>> {
+        requests.iter().map(|r| r.points.clone()).collect()
+    }
+
+    /// The `(address, count)` ranges of `requests`, in order.
+    fn ranges(requests: &[ReadRequest]) -> Vec<(u16, u16)> {
+        requests.iter().map(|r| (r.address, r.count)).collect()
+    }
+
     #[test]
     fn merges_contiguous_and_small_gaps_but_not_large_ones() {
         let spans = regs(&[(0, 1), (1, 2), (3, 1), (10, 1), (40, 2)]);
         let p = plan(&spans, &PlanLimits::default(), &Barriers::new());
-        let got: Vec<(u16, u16)> = p.requests.iter().map(|r| (r.address, r.count)).collect();
+        let got = ranges(&p.requests);
         assert_eq!(got, [(0, 11), (40, 2)]);
     }
 
@@ -471,7 +476,7 @@ mod tests {
         let SplitOutcome::Retry(retry) = ap.on_illegal_address(&failed) else {
             panic!("expected retry")
         };
-        let got: Vec<(u16, u16)> = retry.iter().map(|r| (r.address, r.count)).collect();
+        let got = ranges(&retry);
         assert_eq!(got, [(0, 4), (6, 3)]);
         assert_eq!(ap.plan().requests.len(), 2, "split is remembered");
     }
@@ -486,18 +491,13 @@ mod tests {
         let SplitOutcome::Retry(parts) = ap.on_illegal_address(&merged) else {
             panic!("expected retry")
         };
-        let got: Vec<Vec<usize>> = parts.iter().map(|r| r.points.clone()).collect();
+        let got = point_groups(&parts);
         assert_eq!(got, [vec![0], vec![1]]);
         assert_eq!(
             ap.on_illegal_address(&parts[1]),
             SplitOutcome::Unreadable(vec![1])
         );
-        let got: Vec<(u16, u16)> = ap
-            .plan()
-            .requests
-            .iter()
-            .map(|r| (r.address, r.count))
-            .collect();
+        let got = ranges(&ap.plan().requests);
         assert_eq!(got, [(18, 1), (18, 8)]);
     }
 
@@ -511,24 +511,14 @@ mod tests {
             ..PlanLimits::default()
         };
         let mut ap = AdaptivePlanner::new(regs(&[(17, 1), (18, 1), (18, 8)]), limits);
-        let got: Vec<Vec<usize>> = ap
-            .plan()
-            .requests
-            .iter()
-            .map(|r| r.points.clone())
-            .collect();
+        let got = point_groups(&ap.plan().requests);
         assert_eq!(got, [vec![0, 1], vec![2]]);
         let failing = ap.plan().requests[1].clone();
         assert_eq!(
             ap.on_illegal_address(&failing),
             SplitOutcome::Unreadable(vec![2])
         );
-        let got: Vec<Vec<usize>> = ap
-            .plan()
-            .requests
-            .iter()
-            .map(|r| r.points.clone())
-            .collect();
+        let got = point_groups(&ap.plan().requests);
         assert_eq!(got, [vec![0], vec![1], vec![2]]);
     }
 
@@ -546,12 +536,7 @@ mod tests {
             ap.on_illegal_address(&lone),
             SplitOutcome::Unreadable(vec![1])
         );
-        let got: Vec<Vec<usize>> = ap
-            .plan()
-            .requests
-            .iter()
-            .map(|r| r.points.clone())
-            .collect();
+        let got = point_groups(&ap.plan().requests);
         assert_eq!(got, [vec![0], vec![1], vec![2]]);
     }
 }

@@ -5,9 +5,12 @@
 // Test helpers are test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::future::Future;
 use std::time::Duration;
 
+use common::{DEADLINE, all_ok, health_until, poll_until};
 use device_protocols::backoff::BackoffConfig;
 use device_protocols::bus::{
     Bus, BusConfig, BusHandle, Exception, PointError, Transport, UnitConfig, UnitPoll, WriteError,
@@ -19,8 +22,6 @@ use device_protocols::serial::SerialSettings;
 use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, UnitMap};
 use tokio::sync::mpsc;
 use tokio_modbus::ExceptionCode;
-
-const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Fast settings for a pty: short timeout and backoff so faults play out in a second or two.
 fn config(path: &std::path::Path) -> BusConfig {
@@ -54,39 +55,29 @@ fn holding_unit(values: &[u16]) -> UnitMap {
     UnitMap::new().with_holding(0, values)
 }
 
-/// Awaits `cond` on the health watch, with a deadline.
-async fn health_until(
-    bus: &BusHandle,
-    what: &str,
-    cond: impl FnMut(&BusHealth) -> bool,
-) -> BusHealth {
-    let mut rx = bus.watch_health();
-    match tokio::time::timeout(DEADLINE, rx.wait_for(cond)).await {
-        Ok(Ok(h)) => h.clone(),
-        _ => panic!(
-            "timed out waiting for: {what}\nlast health: {:#?}",
-            bus.health()
-        ),
-    }
+/// A simulator whose units `1..=n` each hold four registers of their own id's value.
+fn id_valued_sim(dir: &tempfile::TempDir, n: u8) -> RtuSim {
+    let map = (1..=n).fold(SimMap::new(), |map, u| {
+        map.with_unit(u, holding_unit(&[u16::from(u); 4]))
+    });
+    RtuSim::start(dir.path().join("tty"), map).unwrap()
 }
 
-/// Receives polls until `cond` holds for one, with a deadline.
-async fn poll_until(
-    polls: &mut mpsc::Receiver<UnitPoll>,
-    what: &str,
-    mut cond: impl FnMut(&UnitPoll) -> bool,
-) -> UnitPoll {
-    let wait = async {
-        loop {
-            let p = polls.recv().await.expect("bus running");
-            if cond(&p) {
-                return p;
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for poll: {what}"))
+/// Units `1..=n`, each with four `u16` points polled every 30 ms.
+fn four_point_units(n: u8) -> Vec<UnitConfig> {
+    (1..=n)
+        .map(|u| UnitConfig::new(u, Duration::from_millis(30), u16_points(4, 0)))
+        .collect()
+}
+
+/// Spawns a bus on the simulator's port and waits until every unit is online.
+async fn spawn_online(
+    sim: &RtuSim,
+    units: Vec<UnitConfig>,
+) -> (BusHandle, mpsc::Receiver<UnitPoll>) {
+    let (bus, polls) = Bus::spawn(config(sim.path()), units).unwrap();
+    health_until(&bus, "all online", |h| h.units.iter().all(|u| u.online)).await;
+    (bus, polls)
 }
 
 /// Awaits an arbitrary async condition with a deadline.
@@ -99,10 +90,6 @@ async fn eventually<F: Future<Output = bool>>(what: &str, mut f: impl FnMut() ->
     tokio::time::timeout(DEADLINE, wait)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
-}
-
-fn all_ok(p: &UnitPoll) -> bool {
-    p.readings.iter().all(|r| r.result.is_ok())
 }
 
 fn cycles(h: &BusHealth, unit: u8) -> u64 {
@@ -532,16 +519,8 @@ async fn exception_03_on_a_merged_read_is_split_like_02() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_counted_and_healthy_units_keep_their_values() {
     let dir = tempfile::tempdir().unwrap();
-    let map = SimMap::new()
-        .with_unit(1, holding_unit(&[1; 4]))
-        .with_unit(2, holding_unit(&[2; 4]))
-        .with_unit(3, holding_unit(&[3; 4]));
-    let sim = RtuSim::start(dir.path().join("tty"), map).unwrap();
-    let units = (1..=3)
-        .map(|u| UnitConfig::new(u, Duration::from_millis(30), u16_points(4, 0)))
-        .collect();
-    let (bus, mut polls) = Bus::spawn(config(sim.path()), units).unwrap();
-    health_until(&bus, "all online", |h| h.units.iter().all(|u| u.online)).await;
+    let sim = id_valued_sim(&dir, 3);
+    let (bus, mut polls) = spawn_online(&sim, four_point_units(3)).await;
 
     sim.handle().set_garbage(2, true);
     let bad = poll_until(&mut polls, "unit 2 garbage", |p| {
@@ -590,15 +569,8 @@ async fn garbage_is_counted_and_healthy_units_keep_their_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_crc_unit_is_reported_as_corrupted_and_backed_off() {
     let dir = tempfile::tempdir().unwrap();
-    let map = SimMap::new()
-        .with_unit(1, holding_unit(&[1; 4]))
-        .with_unit(2, holding_unit(&[2; 4]));
-    let sim = RtuSim::start(dir.path().join("tty"), map).unwrap();
-    let units = (1..=2)
-        .map(|u| UnitConfig::new(u, Duration::from_millis(30), u16_points(4, 0)))
-        .collect();
-    let (bus, mut polls) = Bus::spawn(config(sim.path()), units).unwrap();
-    health_until(&bus, "all online", |h| h.units.iter().all(|u| u.online)).await;
+    let sim = id_valued_sim(&dir, 2);
+    let (bus, mut polls) = spawn_online(&sim, four_point_units(2)).await;
 
     sim.handle().set_bad_crc(2, true);
     let h = health_until(&bus, "unit 2 offline", |h| !h.unit(2).unwrap().online).await;
@@ -636,15 +608,8 @@ async fn bad_crc_unit_is_reported_as_corrupted_and_backed_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_answers_time_out_alone_and_recover() {
     let dir = tempfile::tempdir().unwrap();
-    let map = SimMap::new()
-        .with_unit(1, holding_unit(&[1; 4]))
-        .with_unit(2, holding_unit(&[2; 4]));
-    let sim = RtuSim::start(dir.path().join("tty"), map).unwrap();
-    let units = (1..=2)
-        .map(|u| UnitConfig::new(u, Duration::from_millis(30), u16_points(4, 0)))
-        .collect();
-    let (bus, mut polls) = Bus::spawn(config(sim.path()), units).unwrap();
-    health_until(&bus, "all online", |h| h.units.iter().all(|u| u.online)).await;
+    let sim = id_valued_sim(&dir, 2);
+    let (bus, mut polls) = spawn_online(&sim, four_point_units(2)).await;
 
     sim.handle().set_delay(2, Some(Duration::from_millis(700)));
     health_until(&bus, "unit 2 offline", |h| !h.unit(2).unwrap().online).await;
@@ -677,10 +642,7 @@ async fn slow_answers_time_out_alone_and_recover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplug_mid_transaction_then_replug_resumes_polling() {
     let dir = tempfile::tempdir().unwrap();
-    let map = SimMap::new()
-        .with_unit(1, holding_unit(&[1; 4]))
-        .with_unit(2, holding_unit(&[2; 4]));
-    let sim = RtuSim::start(dir.path().join("tty"), map).unwrap();
+    let sim = id_valued_sim(&dir, 2);
     let units = (1..=2)
         .map(|u| {
             let points = u16_points(4, 0)
@@ -690,8 +652,7 @@ async fn unplug_mid_transaction_then_replug_resumes_polling() {
             UnitConfig::new(u, Duration::from_millis(20), points)
         })
         .collect();
-    let (bus, mut polls) = Bus::spawn(config(sim.path()), units).unwrap();
-    health_until(&bus, "all online", |h| h.units.iter().all(|u| u.online)).await;
+    let (bus, mut polls) = spawn_online(&sim, units).await;
     assert_eq!(bus.health().opens, 1);
 
     // Unit 2 answers after 300 ms: wait until a request to it is in flight, then unplug.
@@ -770,8 +731,7 @@ async fn write_errors_are_typed() {
     let units = (1..=2)
         .map(|u| UnitConfig::new(u, Duration::from_millis(50), vec![writable(0), writable(1)]))
         .collect();
-    let (bus, _polls) = Bus::spawn(config(sim.path()), units).unwrap();
-    health_until(&bus, "all online", |h| h.units.iter().all(|u| u.online)).await;
+    let (bus, _polls) = spawn_online(&sim, units).await;
 
     assert_eq!(bus.write(1, "w0", Value::U64(42)).await, Ok(Value::U64(42)));
     sim.handle().add_exception(

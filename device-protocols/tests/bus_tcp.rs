@@ -5,20 +5,21 @@
 // Test helpers are test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
+use common::{all_ok, health_until, poll_until};
 use device_protocols::backoff::BackoffConfig;
 use device_protocols::bus::{
     Bus, BusConfig, BusHandle, PointError, Transport, UnitConfig, UnitPoll,
 };
-use device_protocols::health::{BusHealth, PortState};
+use device_protocols::health::PortState;
 use device_protocols::point::{DataType, Order, Point, Table, Value};
 use device_protocols::serial::SerialSettings;
 use device_protocols::sim::{RtuSim, SimMap, TcpSim, UnitMap};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-
-const DEADLINE: Duration = Duration::from_secs(20);
 
 fn config(transport: Transport) -> BusConfig {
     let mut c = BusConfig::new("tcp-bus", transport);
@@ -49,43 +50,6 @@ fn unit_map() -> UnitMap {
     UnitMap::new()
         .with_holding(0, &[0x8000, 0x4366, 0x0001, 0x1170])
         .with_coils(0, &[true])
-}
-
-async fn health_until(
-    bus: &BusHandle,
-    what: &str,
-    cond: impl FnMut(&BusHealth) -> bool,
-) -> BusHealth {
-    let mut rx = bus.watch_health();
-    match tokio::time::timeout(DEADLINE, rx.wait_for(cond)).await {
-        Ok(Ok(h)) => h.clone(),
-        _ => panic!(
-            "timed out waiting for: {what}\nlast health: {:#?}",
-            bus.health()
-        ),
-    }
-}
-
-async fn poll_until(
-    polls: &mut mpsc::Receiver<UnitPoll>,
-    what: &str,
-    mut cond: impl FnMut(&UnitPoll) -> bool,
-) -> UnitPoll {
-    let wait = async {
-        loop {
-            let p = polls.recv().await.expect("bus running");
-            if cond(&p) {
-                return p;
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for poll: {what}"))
-}
-
-fn all_ok(p: &UnitPoll) -> bool {
-    p.readings.iter().all(|r| r.result.is_ok())
 }
 
 async fn read_write_roundtrip(bus: &BusHandle, polls: &mut mpsc::Receiver<UnitPoll>, unit: u8) {

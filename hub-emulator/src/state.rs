@@ -464,6 +464,22 @@ struct Inner {
     generation: u64,
 }
 
+impl Inner {
+    /// The registered device `id`, or [`HubError::DeviceNotFound`].
+    fn device(&self, id: &str) -> Result<&Device, HubError> {
+        self.devices
+            .get(id)
+            .ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))
+    }
+
+    /// The registered device `id` for changing, or [`HubError::DeviceNotFound`].
+    fn device_mut(&mut self, id: &str) -> Result<&mut Device, HubError> {
+        self.devices
+            .get_mut(id)
+            .ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))
+    }
+}
+
 /// The state file's format.
 #[derive(Debug, Serialize, Deserialize)]
 struct PersistedState {
@@ -680,12 +696,7 @@ impl Hub {
 
     /// The device identity JSON of one device, as `GET /devices/{id}` returns it.
     pub fn device_json(&self, device_id: &str) -> Result<Value, HubError> {
-        let inner = self.lock();
-        let dev = inner
-            .devices
-            .get(device_id)
-            .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
-        Ok(device_json(dev))
+        self.lock().device(device_id).map(device_json)
     }
 
     /// All device identities as `GET /devices` returns them, ordered by device id.
@@ -702,12 +713,7 @@ impl Hub {
 
     /// The twin of one device in the service API's shape (see [`Hub::all_twins`]).
     pub fn twin_json(&self, device_id: &str) -> Result<Value, HubError> {
-        let inner = self.lock();
-        let dev = inner
-            .devices
-            .get(device_id)
-            .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
-        Ok(twin_json(dev))
+        self.lock().device(device_id).map(twin_json)
     }
 
     /// Every twin in the service API's shape, ordered by device id (the input of queries):
@@ -841,10 +847,7 @@ impl Hub {
         let mut changed_any = false;
         {
             let mut inner = self.lock();
-            let dev = inner
-                .devices
-                .get_mut(device_id)
-                .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+            let dev = inner.device_mut(device_id)?;
             check_etag(if_match, &dev.twin.etag())?;
             let now = now_rfc3339();
             // Work on a copy so a rule violation leaves the twin untouched.
@@ -878,10 +881,7 @@ impl Hub {
     /// Device twin GET: `{"desired":{…,"$version":n},"reported":{…,"$version":m}}`.
     pub fn device_twin_get(&self, device_id: &str) -> Result<Value, HubError> {
         let mut inner = self.lock();
-        let dev = inner
-            .devices
-            .get_mut(device_id)
-            .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+        let dev = inner.device_mut(device_id)?;
         dev.last_activity = Some(now_rfc3339());
         Ok(json!({
             "desired": dev.twin.desired.device_json(),
@@ -895,10 +895,7 @@ impl Hub {
         let version;
         {
             let mut inner = self.lock();
-            let dev = inner
-                .devices
-                .get_mut(device_id)
-                .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+            let dev = inner.device_mut(device_id)?;
             let now = now_rfc3339();
             dev.last_activity = Some(now.clone());
             let new =
@@ -952,10 +949,7 @@ impl Hub {
         let mut inner = self.lock();
         inner.next_conn_id += 1;
         let conn_id = inner.next_conn_id;
-        let dev = inner
-            .devices
-            .get_mut(device_id)
-            .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+        let dev = inner.device_mut(device_id)?;
         let (tx, events) = mpsc::channel(CONN_EVENT_CAPACITY);
         if let Some(old) = dev.connection.replace(ConnSlot { conn_id, tx }) {
             // If the queue is full, dropping `old` ends that session once it has drained.

@@ -343,12 +343,8 @@ impl SdkDevice {
 }
 
 /// Polls `cond` on the hub until it holds, within the SDK deadline.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + SDK_DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn until(what: &str, cond: impl FnMut() -> bool) {
+    common::eventually_within(SDK_DEADLINE, what, cond).await;
 }
 
 // ----- the SDK scenarios --------------------------------------------------------------------
@@ -703,15 +699,7 @@ async fn next_packet(eventloop: &mut EventLoop) -> Packet {
 
 /// Sends a twin GET with `rid` and returns the topic of the next twin response.
 async fn get_twin_topic(client: &AsyncClient, eventloop: &mut EventLoop, rid: &str) -> String {
-    client
-        .publish(
-            format!("$iothub/twin/GET/?$rid={rid}"),
-            QoS::AtMostOnce,
-            false,
-            Vec::new(),
-        )
-        .await
-        .expect("queue GET");
+    common::publish_twin_get(client, rid).await;
     loop {
         if let Packet::Publish(p) = next_packet(eventloop).await {
             return p.topic;

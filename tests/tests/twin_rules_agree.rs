@@ -35,6 +35,9 @@
 //! refuse the empty key and DEL (U+007F) in keys (`char::is_control` covers C0, DEL and C1);
 //! [`empty_key_and_del_are_refused_by_both`] pins that.
 
+#[path = "../../agent/tests/twin_gen/mod.rs"]
+mod twin_gen;
+
 use hub_emulator::rules as hub;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -42,6 +45,7 @@ use proptest::sample::select;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
+use twin_gen::{ensure_object, object_paths};
 use twinbridge::twin::{
     self, MAX_DEPTH, MAX_INTEGER, MAX_SECTION_SIZE, MAX_STRING_BYTES, Path, Section,
 };
@@ -116,17 +120,7 @@ fn show_verdict(verdict: &Verdict) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Generators (adapted from `agent/tests/twin_gen`)
-
-/// A small key pool, so that documents and patches collide on keys (the interesting merges).
-const KEYS: &[&str] = &["a", "b", "c", "d", "é", "k_1", "temp", "😀x"];
-
-fn key() -> impl Strategy<Value = String> {
-    prop_oneof![
-        12 => select(KEYS).prop_map(String::from),
-        1 => "[a-zA-Z0-9_ü-]{1,12}",
-    ]
-}
+// Generators: the agent's (`agent/tests/twin_gen`), with leaves both readings accept
 
 /// A scalar both readings accept. (`MIN_INT` never appears: the range is symmetric.)
 fn scalar() -> BoxedStrategy<Value> {
@@ -140,122 +134,15 @@ fn scalar() -> BoxedStrategy<Value> {
     .boxed()
 }
 
-/// A value whose objects and arrays nest at most `levels` deep.
-fn doc_value(levels: u32) -> BoxedStrategy<Value> {
-    scalar()
-        .prop_recursive(levels, 48, 5, |inner| {
-            prop_oneof![
-                3 => btree_map(key(), inner.clone(), 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
-                1 => vec(inner, 0..4).prop_map(Value::Array),
-            ]
-        })
-        .boxed()
-}
-
-/// Sets `value` at the key path `keys`, turning whatever is in the way into objects.
-fn graft(doc: &mut Value, keys: &[String], value: Value) {
-    let Some((last, parents)) = keys.split_last() else {
-        *doc = value;
-        return;
-    };
-    let mut cur = doc;
-    for key in parents {
-        cur = ensure_object(cur)
-            .entry(key.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-    ensure_object(cur).insert(last.clone(), value);
-}
-
-fn ensure_object(value: &mut Value) -> &mut Map<String, Value> {
-    if !value.is_object() {
-        *value = Value::Object(Map::new());
-    }
-    value.as_object_mut().expect("made an object just above")
-}
-
-/// A chain of keys of length 1..=`max_len`, ending in an object of scalars.
-fn chain(max_len: usize) -> impl Strategy<Value = (Vec<String>, Value)> {
-    (
-        vec(key(), 1..=max_len),
-        btree_map(key(), scalar(), 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
-    )
-}
-
 /// A full section both readings accept: wide, keys colliding, sometimes as deep as allowed.
 fn doc() -> BoxedStrategy<Value> {
-    (
-        btree_map(key(), doc_value(MAX_DEPTH as u32), 0..8),
-        proptest::option::weighted(0.7, chain(MAX_DEPTH)),
-    )
-        .prop_map(|(members, chain)| {
-            let mut doc = Value::Object(members.into_iter().collect());
-            if let Some((keys, leaf)) = chain {
-                graft(&mut doc, &keys, leaf);
-            }
-            doc
-        })
-        .boxed()
-}
-
-/// A member of a merge patch: a deletion, a scalar, a document value or a nested patch.
-fn patch_value(levels: u32) -> BoxedStrategy<Value> {
-    prop_oneof![
-        3 => Just(Value::Null),
-        6 => scalar(),
-        2 => doc_value(2),
-    ]
-    .prop_recursive(levels, 48, 5, |inner| {
-        btree_map(key(), inner, 0..6)
-            .prop_map(|m| Value::Object(m.into_iter().collect()))
-            .boxed()
-    })
-    .boxed()
+    twin_gen::doc_of(scalar)
 }
 
 /// An object merge patch with deletions; mostly valid, sometimes deeper than allowed (then
 /// both readings must refuse it alike).
 fn patch() -> BoxedStrategy<Value> {
-    (
-        btree_map(key(), patch_value(MAX_DEPTH as u32 - 2), 0..7),
-        proptest::option::weighted(0.5, chain(MAX_DEPTH)),
-        any::<bool>(),
-    )
-        .prop_map(|(members, chain, null_leaf)| {
-            let mut patch = Value::Object(members.into_iter().collect());
-            if let Some((keys, leaf)) = chain {
-                graft(
-                    &mut patch,
-                    &keys,
-                    if null_leaf { Value::Null } else { leaf },
-                );
-            }
-            patch
-        })
-        .boxed()
-}
-
-/// Paths of every object in `value`, including the root and objects inside arrays.
-fn object_paths(value: &Value) -> Vec<Path> {
-    fn walk(value: &Value, path: &Path, out: &mut Vec<Path>) {
-        match value {
-            Value::Object(map) => {
-                out.push(path.clone());
-                for (key, child) in map {
-                    walk(child, &path.key(key), out);
-                }
-            }
-            Value::Array(items) => {
-                for (index, child) in items.iter().enumerate() {
-                    walk(child, &path.index(index), out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(value, &Path::root(), &mut out);
-    out
+    twin_gen::patch_of(scalar)
 }
 
 // ---------------------------------------------------------------------------------------------

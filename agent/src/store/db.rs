@@ -120,6 +120,14 @@ fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Maps a SQLite failure to [`StoreError::Sqlite`] naming the database at `path`.
+pub(super) fn sqlite_at(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 fn now_ms(now: SystemTime) -> i64 {
     now.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -235,17 +243,13 @@ pub(crate) fn open_rw(path: &Path, options: StoreOptions) -> Result<Db, StoreErr
 
 impl Db {
     fn sql(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        |source| StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        sqlite_at(&self.path)
     }
 
     fn begin(&mut self) -> Result<Transaction<'_>, StoreError> {
-        let path = self.path.clone();
         self.conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|source| StoreError::Sqlite { path, source })
+            .map_err(sqlite_at(&self.path))
     }
 
     fn now(&self) -> SystemTime {
@@ -260,24 +264,17 @@ impl Db {
         let devices: Vec<String> = {
             let mut stmt = tx
                 .prepare("SELECT id FROM device WHERE in_flight_rid IS NOT NULL")
-                .map_err(|source| StoreError::Sqlite {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(sqlite_at(&path))?;
             stmt.query_map([], |row| row.get(0))
                 .and_then(Iterator::collect)
-                .map_err(|source| StoreError::Sqlite {
-                    path: path.clone(),
-                    source,
-                })?
+                .map_err(sqlite_at(&path))?
         };
         for device in devices {
             let mut state = load_sync(&tx, &path, &device)?;
             state.on_disconnect();
             save_sync(&tx, &path, &device, &state)?;
         }
-        tx.commit()
-            .map_err(|source| StoreError::Sqlite { path, source })
+        tx.commit().map_err(sqlite_at(&path))
     }
 
     /// See [`super::Store::configure_device`].
@@ -295,10 +292,7 @@ impl Db {
                 Some(i64::try_from(h.max_age.as_millis()).unwrap_or(i64::MAX)),
             )
         });
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sqlite_at(&path);
         tx.execute(
             "UPDATE device SET history_max_bytes = ?2, history_max_age_ms = ?3 WHERE id = ?1",
             params![device, bytes, age],
@@ -315,10 +309,7 @@ impl Db {
     /// See [`super::Store::remove_device`].
     pub(crate) fn remove_device(&mut self, device: &str) -> Result<bool, StoreError> {
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sqlite_at(&path);
         let tx = self.begin()?;
         let n = tx
             .execute("DELETE FROM device WHERE id = ?1", params![device])
@@ -334,8 +325,7 @@ impl Db {
         let tx = self.begin()?;
         let change = merge_local_in(&tx, &path, device, patch, now)?;
         if !is_noop(&change) {
-            tx.commit()
-                .map_err(|source| StoreError::Sqlite { path, source })?;
+            tx.commit().map_err(sqlite_at(&path))?;
         }
         Ok(change)
     }
@@ -348,10 +338,7 @@ impl Db {
     ) -> Result<Option<Value>, StoreError> {
         let now = now_ms(self.now());
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sqlite_at(&path);
         let tx = self.begin()?;
         let mut state = load_sync(&tx, &path, device)?;
         if state.in_flight.is_some() || state.resync_needed {
@@ -392,10 +379,7 @@ impl Db {
         version: i64,
     ) -> Result<bool, StoreError> {
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sqlite_at(&path);
         let tx = self.begin()?;
         let mut state = load_sync(&tx, &path, device)?;
         let Some(in_flight) = state.on_ack(request_id, version) else {
@@ -419,10 +403,7 @@ impl Db {
         reason: &str,
     ) -> Result<Option<RejectKind>, StoreError> {
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sqlite_at(&path);
         let tx = self.begin()?;
         let mut state = load_sync(&tx, &path, device)?;
         let seq = state.in_flight.as_ref().and_then(|f| f.journal_seq);
@@ -471,8 +452,7 @@ impl Db {
         let mut state = load_sync(&tx, &path, device)?;
         change(&mut state);
         save_sync(&tx, &path, device, &state)?;
-        tx.commit()
-            .map_err(|source| StoreError::Sqlite { path, source })
+        tx.commit().map_err(sqlite_at(&path))
     }
 
     /// See [`super::Store::desired_received`].
@@ -483,10 +463,7 @@ impl Db {
         version: i64,
     ) -> Result<DesiredOutcome, StoreError> {
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sqlite_at(&path);
         let tx = self.begin()?;
         ensure_device(&tx, &path, device)?;
         let (text, held): (String, Option<i64>) = tx
@@ -544,10 +521,7 @@ impl Db {
     ) -> Result<Value, StoreError> {
         let now = now_ms(self.now());
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sqlite_at(&path);
         let tx = self.begin()?;
         let patch = Value::Object(Map::from_iter([(property.to_owned(), ack.clone())]));
         let change = merge_local_in(&tx, &path, device, &patch, now)?;
@@ -595,10 +569,7 @@ fn ensure_device(tx: &Transaction<'_>, path: &Path, device: &str) -> Result<(), 
         params![device],
     )
     .map(drop)
-    .map_err(|source| StoreError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    })
+    .map_err(sqlite_at(path))
 }
 
 /// Loads the sync state of `device`, creating an empty device row when it is new.
@@ -643,10 +614,7 @@ fn read_sync(
             },
         )
         .optional()
-        .map_err(|source| StoreError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(sqlite_at(path))?;
     let Some((local, hub_reported, hub_version, rid, patch, seq, extra)) = row else {
         return Ok(None);
     };
@@ -709,10 +677,7 @@ fn save_sync(
         ],
     )
     .map(drop)
-    .map_err(|source| StoreError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    })
+    .map_err(sqlite_at(path))
 }
 
 /// Merges `patch` into `local` and journals the effective change in every-change mode. Writes
@@ -724,10 +689,7 @@ fn merge_local_in(
     patch: &Value,
     now: i64,
 ) -> Result<Value, StoreError> {
-    let sql = |source| StoreError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    };
+    let sql = sqlite_at(path);
     let mut state = load_sync(tx, path, device)?;
     let change = state
         .merge_local(patch)
@@ -768,10 +730,7 @@ fn history_limits(
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()
-        .map_err(|source| StoreError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        })?
+        .map_err(sqlite_at(path))?
         .unwrap_or((None, None));
     Ok(match (bytes, age) {
         (Some(bytes), Some(age)) => Some(HistoryLimits {
@@ -790,10 +749,7 @@ fn prune_journal(
     limits: HistoryLimits,
     now: i64,
 ) -> Result<(), StoreError> {
-    let sql = |source| StoreError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    };
+    let sql = sqlite_at(path);
     let oldest_kept =
         now.saturating_sub(i64::try_from(limits.max_age.as_millis()).unwrap_or(i64::MAX));
     let mut dropped = tx
@@ -839,10 +795,7 @@ fn prune_journal(
 }
 
 pub(crate) fn devices(conn: &Connection, path: &Path) -> Result<Vec<String>, StoreError> {
-    let sql = |source| StoreError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    };
+    let sql = sqlite_at(path);
     let mut stmt = conn
         .prepare("SELECT id FROM device ORDER BY id")
         .map_err(sql)?;
@@ -857,10 +810,7 @@ pub(crate) fn snapshot(
     path: &Path,
     device: &str,
 ) -> Result<Option<DeviceSnapshot>, StoreError> {
-    let sql = |source| StoreError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    };
+    let sql = sqlite_at(path);
     let Some(sync) = read_sync(conn, path, device)? else {
         return Ok(None);
     };

@@ -511,10 +511,7 @@ impl ReadOnlyStore {
         let tx = self
             .conn
             .unchecked_transaction()
-            .map_err(|source| StoreError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(db::sqlite_at(&self.path))?;
         db::snapshot(&tx, &self.path, device)
     }
 }

@@ -36,8 +36,16 @@ pub fn scalar() -> BoxedStrategy<Value> {
     .boxed()
 }
 
+/// The leaves of the generated documents and patches: [`scalar`], or a test's own variant.
+pub type Scalars = fn() -> BoxedStrategy<Value>;
+
 /// A value whose objects and arrays nest at most `levels` deep (a scalar has none).
 pub fn doc_value(levels: u32) -> BoxedStrategy<Value> {
+    doc_value_of(scalar, levels)
+}
+
+/// [`doc_value`] with leaves from `scalar`.
+pub fn doc_value_of(scalar: Scalars, levels: u32) -> BoxedStrategy<Value> {
     scalar()
         .prop_recursive(levels, 48, 5, |inner| {
             prop_oneof![
@@ -48,8 +56,8 @@ pub fn doc_value(levels: u32) -> BoxedStrategy<Value> {
         .boxed()
 }
 
-/// A chain of keys of length 1..=`max_len`, ending in an object of scalars.
-pub fn chain(max_len: usize) -> impl Strategy<Value = (Vec<String>, Value)> {
+/// A chain of keys of length 1..=`max_len`, ending in an object of scalars from `scalar`.
+pub fn chain(scalar: Scalars, max_len: usize) -> impl Strategy<Value = (Vec<String>, Value)> {
     (
         vec(key(), 1..=max_len),
         btree_map(key(), scalar(), 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
@@ -71,7 +79,8 @@ pub fn graft(doc: &mut Value, keys: &[String], value: Value) {
     ensure_object(cur).insert(last.clone(), value);
 }
 
-fn ensure_object(value: &mut Value) -> &mut Map<String, Value> {
+/// `value` as an object, replacing it with an empty one if it is not.
+pub fn ensure_object(value: &mut Value) -> &mut Map<String, Value> {
     if !value.is_object() {
         *value = Value::Object(Map::new());
     }
@@ -95,9 +104,14 @@ pub fn graft_path(doc: &mut Value, path: &Path, value: Value) {
 /// A full section document the hub accepts: wide, with keys colliding, and deep (a grafted
 /// chain reaches depth up to 10).
 pub fn doc() -> BoxedStrategy<Value> {
+    doc_of(scalar)
+}
+
+/// [`doc`] with leaves from `scalar`.
+pub fn doc_of(scalar: Scalars) -> BoxedStrategy<Value> {
     (
-        btree_map(key(), doc_value(MAX_DEPTH as u32), 0..8),
-        proptest::option::weighted(0.7, chain(MAX_DEPTH)),
+        btree_map(key(), doc_value_of(scalar, MAX_DEPTH as u32), 0..8),
+        proptest::option::weighted(0.7, chain(scalar, MAX_DEPTH)),
     )
         .prop_map(|(members, chain)| {
             let mut doc = Value::Object(members.into_iter().collect());
@@ -111,11 +125,11 @@ pub fn doc() -> BoxedStrategy<Value> {
 
 /// A member value of a merge patch: `null` (delete), a scalar, a whole document value, or a
 /// nested patch, nested at most `levels` patch levels deep.
-fn patch_value(levels: u32) -> BoxedStrategy<Value> {
+fn patch_value(scalar: Scalars, levels: u32) -> BoxedStrategy<Value> {
     prop_oneof![
         3 => Just(Value::Null),
         6 => scalar(),
-        2 => doc_value(2),
+        2 => doc_value_of(scalar, 2),
     ]
     .prop_recursive(levels, 48, 5, |inner| {
         btree_map(key(), inner, 0..6)
@@ -128,9 +142,14 @@ fn patch_value(levels: u32) -> BoxedStrategy<Value> {
 /// A merge patch that is an object, valid for the hub when the hub rules allow (containers
 /// at depth ≤ 10), with deletions, and sometimes a grafted deep chain.
 pub fn patch() -> BoxedStrategy<Value> {
+    patch_of(scalar)
+}
+
+/// [`patch`] with leaves from `scalar`.
+pub fn patch_of(scalar: Scalars) -> BoxedStrategy<Value> {
     (
-        btree_map(key(), patch_value(MAX_DEPTH as u32 - 2), 0..7),
-        proptest::option::weighted(0.5, chain(MAX_DEPTH)),
+        btree_map(key(), patch_value(scalar, MAX_DEPTH as u32 - 2), 0..7),
+        proptest::option::weighted(0.5, chain(scalar, MAX_DEPTH)),
         any::<bool>(),
     )
         .prop_map(|(members, chain, null_leaf)| {

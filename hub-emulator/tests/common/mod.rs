@@ -231,15 +231,7 @@ impl TestDevice {
     /// Publishes a twin GET and returns its rid.
     pub async fn send_get(&mut self) -> String {
         let rid = self.rid();
-        self.client
-            .publish(
-                format!("$iothub/twin/GET/?$rid={rid}"),
-                QoS::AtMostOnce,
-                false,
-                Vec::new(),
-            )
-            .await
-            .expect("publish queued");
+        publish_twin_get(&self.client, &rid).await;
         rid
     }
 
@@ -277,6 +269,19 @@ impl TestDevice {
         let rid = self.send_patch_raw(patch.to_string().into_bytes()).await;
         self.response(&rid).await
     }
+}
+
+/// Publishes a twin GET with `rid`, at most once.
+pub async fn publish_twin_get(client: &AsyncClient, rid: &str) {
+    client
+        .publish(
+            format!("$iothub/twin/GET/?$rid={rid}"),
+            QoS::AtMostOnce,
+            false,
+            Vec::new(),
+        )
+        .await
+        .expect("publish queued");
 }
 
 /// A minimal HTTP/1.1 request (`Connection: close`); returns status and body.
@@ -338,8 +343,13 @@ pub async fn counters(emu: &RunningEmulator) -> Value {
 }
 
 /// Polls `cond` until it holds or the deadline passes.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + DEADLINE;
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(DEADLINE, what, cond).await;
+}
+
+/// Polls `cond` until it holds or `deadline` passes.
+pub async fn eventually_within(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + deadline;
     while !cond() {
         assert!(
             tokio::time::Instant::now() < end,
@@ -358,18 +368,21 @@ pub fn test_cert() -> (String, String, rustls::pki_types::CertificateDer<'static
     (ck.cert.pem(), ck.signing_key.serialize_pem(), der)
 }
 
-/// A rustls client config trusting `ca` only, with the ring provider.
-pub fn tls_client(ca: rustls::pki_types::CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+/// A rustls client config builder trusting `ca` only, with the ring provider.
+fn trusting(
+    ca: rustls::pki_types::CertificateDer<'static>,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).expect("test CA added");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Arc::new(config)
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+}
+
+/// A rustls client config trusting `ca` only, with the ring provider.
+pub fn tls_client(ca: rustls::pki_types::CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    Arc::new(trusting(ca).with_no_client_auth())
 }
 
 /// A running `hub-emulator` binary (killed when dropped) and the addresses it printed.
@@ -437,15 +450,8 @@ pub fn tls_client_with_cert(
     cert: rustls::pki_types::CertificateDer<'static>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).expect("test CA added");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(vec![cert], key)
-    .expect("client certificate and key match");
+    let config = trusting(ca)
+        .with_client_auth_cert(vec![cert], key)
+        .expect("client certificate and key match");
     Arc::new(config)
 }

@@ -1,0 +1,51 @@
+//! Helpers shared by the bus runtime tests (`bus_pty`, `bus_tcp`): awaiting a condition on the
+//! health watch or the poll stream, each with a deadline.
+
+use std::time::Duration;
+
+use device_protocols::bus::{BusHandle, UnitPoll};
+use device_protocols::health::BusHealth;
+use tokio::sync::mpsc;
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Awaits `cond` on the health watch, with a deadline.
+pub async fn health_until(
+    bus: &BusHandle,
+    what: &str,
+    cond: impl FnMut(&BusHealth) -> bool,
+) -> BusHealth {
+    let mut rx = bus.watch_health();
+    match tokio::time::timeout(DEADLINE, rx.wait_for(cond)).await {
+        Ok(Ok(h)) => h.clone(),
+        _ => panic!(
+            "timed out waiting for: {what}\nlast health: {:#?}",
+            bus.health()
+        ),
+    }
+}
+
+/// Receives polls until `cond` holds for one, with a deadline.
+pub async fn poll_until(
+    polls: &mut mpsc::Receiver<UnitPoll>,
+    what: &str,
+    mut cond: impl FnMut(&UnitPoll) -> bool,
+) -> UnitPoll {
+    let wait = async {
+        loop {
+            let p = polls.recv().await.expect("bus running");
+            if cond(&p) {
+                return p;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for poll: {what}"))
+}
+
+/// Whether every reading of `p` succeeded.
+pub fn all_ok(p: &UnitPoll) -> bool {
+    p.readings.iter().all(|r| r.result.is_ok())
+}
