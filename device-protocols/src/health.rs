@@ -1,4 +1,5 @@
-//! Per-unit and per-bus health, as published by the bus runtime.
+//! Per-unit and per-bus health, as published by the bus runtime; [`PortState`] also by the
+//! line-device runtime ([`crate::line::LineDevice`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -64,7 +65,7 @@ impl UnitHealth {
     }
 }
 
-/// The state of the bus's port or connection.
+/// The state of a bus's or line device's port or connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum PortState {
@@ -79,7 +80,8 @@ pub enum PortState {
         /// Failed open attempts since the port went down.
         attempts: u32,
     },
-    /// The bus task ended ([`crate::bus::BusHandle::shutdown`]).
+    /// The task ended ([`crate::bus::BusHandle::shutdown`],
+    /// [`crate::line::LineDeviceHandle::shutdown`], or every handle dropped).
     Stopped,
 }
 

@@ -14,7 +14,12 @@
 //!
 //! The core ([`LineSplitter`], [`parse_line`], [`Template`]) is pure; [`LineReader`] and
 //! [`spawn_reader`] run it over any `AsyncRead` (a serial port from
-//! [`crate::serial::open`], a pty in tests).
+//! [`crate::serial::open`], a pty in tests) and end with the stream.
+//!
+//! [`LineDevice`] is the runtime for a real port: it owns the serial port, reopens it with
+//! backoff when it disappears (USB adapter unplugged, I/O error, EOF) and resumes reading by
+//! itself, sends write commands (failing fast with [`LineWriteError::PortDown`] while the port
+//! is down), and publishes [`LineHealth`].
 
 use std::collections::BTreeMap;
 use std::io;
@@ -24,6 +29,10 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+mod runtime;
+
+pub use runtime::{LineDevice, LineDeviceConfig, LineDeviceHandle, LineHealth, LineWriteError};
 
 /// How a device formats a reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -81,7 +90,7 @@ impl Default for LineSettings {
     }
 }
 
-/// Why a line was skipped.
+/// Why a line was skipped. Serialises as its message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
     /// The line exceeded the length limit.
@@ -96,6 +105,12 @@ pub enum LineError {
     /// A `key=value` line that does not parse.
     #[error("bad key=value line: {0}")]
     KeyValue(String),
+}
+
+impl Serialize for LineError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// One reading: field name → value.
@@ -414,7 +429,7 @@ impl Template {
 }
 
 /// Counters of a line reader.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LineCounters {
     /// Non-blank lines seen (readings + malformed).
     pub lines: u64,
@@ -448,10 +463,32 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
+    /// Continues counting from `counters` (e.g. those of the reader of the port before it was
+    /// reopened).
+    #[must_use]
+    pub fn with_counters(mut self, counters: LineCounters) -> Self {
+        self.counters = counters;
+        self
+    }
+
     /// The next reading; malformed lines are counted and skipped. `Ok(None)` at end of
     /// stream; `Err` for I/O errors of the port (e.g. `EIO` when it is unplugged).
     /// Cancel-safe: no reading is lost if the future is dropped.
     pub async fn next_reading(&mut self) -> io::Result<Option<Reading>> {
+        loop {
+            match self.next_line().await? {
+                None => return Ok(None),
+                Some(Ok(reading)) => return Ok(Some(reading)),
+                Some(Err(_malformed)) => {}
+            }
+        }
+    }
+
+    /// The next non-blank line: a reading, or why it was skipped (already counted as
+    /// malformed). For callers that report the counters as lines arrive. `Ok(None)` at end of
+    /// stream; `Err` for I/O errors of the port. Cancel-safe like
+    /// [`next_reading`](Self::next_reading).
+    pub async fn next_line(&mut self) -> io::Result<Option<Result<Reading, LineError>>> {
         let mut buf = [0u8; 512];
         loop {
             while let Some(line) = self.ready.pop_front() {
@@ -461,13 +498,14 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                     Ok(Some(r)) => {
                         self.counters.lines += 1;
                         self.counters.readings += 1;
-                        return Ok(Some(r));
+                        return Ok(Some(Ok(r)));
                     }
                     Err(e) => {
                         tracing::debug!("line device: skipping a line: {e}");
                         self.counters.lines += 1;
                         self.counters.malformed += 1;
-                        self.counters.last_error = Some(e);
+                        self.counters.last_error = Some(e.clone());
+                        return Ok(Some(Err(e)));
                     }
                 }
             }
@@ -499,6 +537,11 @@ pub async fn write_command<W: AsyncWrite + Unpin>(
     let line = template
         .render(vars)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    write_line(io, &line).await
+}
+
+/// Writes an already rendered command line (all of it) and flushes.
+pub async fn write_line<W: AsyncWrite + Unpin>(io: &mut W, line: &str) -> io::Result<()> {
     io.write_all(line.as_bytes()).await?;
     io.flush().await
 }
@@ -517,6 +560,9 @@ pub struct ReaderTask {
 
 /// Spawns a task reading `io` until end of stream or error. `capacity` bounds the readings
 /// queue (the reader waits when the consumer is slow; the kernel buffers meanwhile).
+///
+/// For any `AsyncRead` that cannot be reopened; a serial port that should survive an unplug
+/// belongs in a [`LineDevice`].
 pub fn spawn_reader<R>(io: R, settings: &LineSettings, capacity: usize) -> ReaderTask
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -526,15 +572,17 @@ where
     let mut reader = LineReader::new(io, settings);
     let task = tokio::spawn(async move {
         loop {
-            let next = reader.next_reading().await;
+            // Line by line, so that malformed lines show in the counters at once.
+            let next = reader.next_line().await;
             counters_tx.send_replace(reader.counters().clone());
             match next? {
                 None => return Ok(()),
-                Some(r) => {
+                Some(Ok(r)) => {
                     if tx.send(r).await.is_err() {
                         return Ok(());
                     }
                 }
+                Some(Err(_malformed)) => {}
             }
         }
     });
