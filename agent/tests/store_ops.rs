@@ -85,11 +85,9 @@ async fn poll_send_ack_cycle() {
     assert_eq!(snap.sync.in_flight, None);
     assert_eq!(snap.sync.hub_version, Some(1));
     assert_eq!(s.devices().await.unwrap(), ["m1"]);
-    assert!(
-        s.hub_reported("m1", json!({"v": 3, "i": 2, "$version": 2}), 2)
-            .await
-            .unwrap()
-    );
+    s.hub_reported("m1", json!({"v": 3, "i": 2, "$version": 2}), 2)
+        .await
+        .unwrap();
     assert!(s.snapshot("m1").await.unwrap().unwrap().sync.converged());
     assert_eq!(s.begin_send("m1", "5").await.unwrap(), None);
 }
@@ -148,7 +146,7 @@ async fn desired_versions_are_ordered() {
         .unwrap();
     assert_eq!(out, DesiredOutcome::Stale { held: 6 });
     let out = s
-        .desired_received("b", DesiredUpdate::Full(json!({"sp": 1})), 4)
+        .desired_received("b", DesiredUpdate::Patch(json!({"sp": 1})), 4)
         .await
         .unwrap();
     assert_eq!(out, DesiredOutcome::Stale { held: 6 });
@@ -166,6 +164,134 @@ async fn desired_versions_are_ordered() {
     let snap = s.snapshot("b").await.unwrap().unwrap();
     assert_eq!(snap.desired, json!({"sp": 55}));
     assert_eq!(snap.desired_version, Some(6));
+}
+
+/// A twin recreated in the hub (device deleted and registered again, or moved by DPS)
+/// restarts its desired `$version`: the full document of the next GET is adopted anyway, and
+/// applied versions counted by the old twin are forgotten so the new values get written.
+#[tokio::test]
+async fn desired_full_of_a_recreated_twin_is_adopted_despite_its_lower_version() {
+    let f = fixture();
+    let s = &f.store;
+    let full = |doc: Value| DesiredUpdate::Full(doc);
+    assert_eq!(
+        s.desired_received("b", full(json!({"sp": 50, "mode": "auto", "fan": 1})), 6)
+            .await
+            .unwrap(),
+        DesiredOutcome::Applied(json!({"sp": 50, "mode": "auto", "fan": 1}))
+    );
+    let ack = |v: i64| json!({"value": 1, "ac": 200, "av": v});
+    s.applied_ack("b", "sp", 6, ack(6)).await.unwrap();
+    s.applied_ack("b", "mode", 3, ack(3)).await.unwrap();
+    s.applied_ack("b", "fan", 2, ack(2)).await.unwrap();
+    // The same version again (a reconnect's GET) is adopted too: it is the hub's truth.
+    assert_eq!(
+        s.desired_received("b", full(json!({"sp": 50, "mode": "auto", "fan": 1})), 6)
+            .await
+            .unwrap(),
+        DesiredOutcome::Applied(json!({"sp": 50, "mode": "auto", "fan": 1}))
+    );
+    assert_eq!(s.snapshot("b").await.unwrap().unwrap().properties.len(), 3);
+    // Recreated: version 2 holds new values.
+    assert_eq!(
+        s.desired_received("b", full(json!({"sp": 20, "$version": 2})), 2)
+            .await
+            .unwrap(),
+        DesiredOutcome::Applied(json!({"sp": 20}))
+    );
+    let snap = s.snapshot("b").await.unwrap().unwrap();
+    assert_eq!(snap.desired, json!({"sp": 20}));
+    assert_eq!(snap.desired_version, Some(2));
+    let kept: Vec<(&str, i64)> = snap
+        .properties
+        .iter()
+        .map(|p| (p.name.as_str(), p.applied_version))
+        .collect();
+    assert_eq!(kept, [("fan", 2)], "applied versions above 2 are forgotten");
+    // Notifications follow the new numbering: the next one applies, older ones are stale,
+    // a jump is a gap.
+    assert_eq!(
+        s.desired_received("b", DesiredUpdate::Patch(json!({"sp": 21})), 3)
+            .await
+            .unwrap(),
+        DesiredOutcome::Applied(json!({"sp": 21}))
+    );
+    assert_eq!(
+        s.desired_received("b", DesiredUpdate::Patch(json!({"sp": 1})), 3)
+            .await
+            .unwrap(),
+        DesiredOutcome::Stale { held: 3 }
+    );
+    assert_eq!(
+        s.desired_received("b", DesiredUpdate::Patch(json!({"sp": 1})), 5)
+            .await
+            .unwrap(),
+        DesiredOutcome::Gap {
+            held: Some(3),
+            got: 5
+        }
+    );
+    let snap = s.snapshot("b").await.unwrap().unwrap();
+    assert_eq!(snap.desired, json!({"sp": 21}));
+    assert_eq!(snap.desired_version, Some(3));
+}
+
+#[tokio::test]
+async fn negative_desired_versions_are_refused_not_cast() {
+    let f = fixture();
+    let s = &f.store;
+    s.desired_received("b", DesiredUpdate::Full(json!({"sp": 1})), 4)
+        .await
+        .unwrap();
+    for update in [
+        DesiredUpdate::Patch(json!({"sp": 2})),
+        DesiredUpdate::Full(json!({"sp": 2})),
+    ] {
+        let err = s.desired_received("b", update, -1).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("-1") && text.contains("negative") && text.contains('b'),
+            "{text}"
+        );
+    }
+    let snap = s.snapshot("b").await.unwrap().unwrap();
+    assert_eq!(snap.desired, json!({"sp": 1}));
+    assert_eq!(snap.desired_version, Some(4));
+}
+
+/// A damaged row (a negative held version) is reported, not cast into a huge `u64`.
+#[tokio::test]
+async fn negative_held_desired_version_is_an_error() {
+    let f = fixture();
+    f.store
+        .desired_received("b", DesiredUpdate::Full(json!({"sp": 1})), 4)
+        .await
+        .unwrap();
+    f.store.clone().close().await.unwrap();
+    let conn = rusqlite::Connection::open(&f.path).unwrap();
+    conn.execute("UPDATE device SET desired_version = -5 WHERE id = 'b'", [])
+        .unwrap();
+    drop(conn);
+    let store = Store::open(&f.path, StoreOptions::default()).unwrap();
+    let err = store
+        .desired_received("b", DesiredUpdate::Patch(json!({"sp": 2})), 5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("held desired $version -5 is negative"),
+        "{err}"
+    );
+    // A GET still recovers: the full document is adopted.
+    assert_eq!(
+        store
+            .desired_received("b", DesiredUpdate::Full(json!({"sp": 3})), 1)
+            .await
+            .unwrap(),
+        DesiredOutcome::Applied(json!({"sp": 3}))
+    );
 }
 
 #[tokio::test]

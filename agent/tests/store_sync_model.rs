@@ -37,6 +37,8 @@ fn is_bad(value: &Value) -> bool {
         .is_some_and(|s| s == BAD || s.len() > SIZE_LIMIT)
 }
 
+/// `Recreate`: the twin is recreated in the hub (device deleted and registered again, or moved
+/// to another hub by DPS): reported document `{}`, versions restart at 1, the link drops.
 #[derive(Debug, Clone)]
 enum Op {
     Change { dev: usize, patch: Value },
@@ -47,6 +49,7 @@ enum Op {
     Deliver { dev: usize },
     Disconnect { dev: usize },
     Get { dev: usize },
+    Recreate { dev: usize },
     Crash,
 }
 
@@ -77,7 +80,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => dev.clone().prop_map(|dev| Op::Throttle { dev }),
         5 => dev.clone().prop_map(|dev| Op::Deliver { dev }),
         2 => dev.clone().prop_map(|dev| Op::Disconnect { dev }),
-        1 => dev.prop_map(|dev| Op::Get { dev }),
+        1 => dev.clone().prop_map(|dev| Op::Get { dev }),
+        1 => dev.prop_map(|dev| Op::Recreate { dev }),
         1 => Just(Op::Crash),
     ]
 }
@@ -101,6 +105,9 @@ struct ModelDevice {
     in_flight: Option<String>,
     /// Every patch the hub accepted, in order.
     accepted: Vec<Value>,
+    /// The twin was recreated since the store last saw a GET: the reconnect that follows
+    /// GETs the twin first (DESIGN: subscribe, then GET, on every connect).
+    get_pending: bool,
 }
 
 impl ModelDevice {
@@ -204,11 +211,12 @@ impl Harness {
     }
 
     fn get(&mut self, dev: usize) {
-        let m = &self.model[dev];
+        let m = &mut self.model[dev];
         self.store
             .hub_reported(DEVICES[dev], m.hub.clone(), m.hub_version)
             .wait()
             .unwrap();
+        m.get_pending = false;
     }
 
     fn apply(&mut self, op: &Op) {
@@ -244,6 +252,14 @@ impl Harness {
                 self.model[*dev].drop_link();
             }
             Op::Get { dev } => self.get(*dev),
+            Op::Recreate { dev } => {
+                self.store.disconnected(DEVICES[*dev]).wait().unwrap();
+                let m = &mut self.model[*dev];
+                m.drop_link();
+                m.hub = json!({});
+                m.hub_version = 1;
+                m.get_pending = true;
+            }
             Op::Crash => {
                 // Every command was waited for, so closing leaves exactly what a crash would:
                 // the file. (Reopening needs the old writer's lock released.)
@@ -292,6 +308,9 @@ impl Harness {
         for (dev, device) in DEVICES.iter().enumerate() {
             self.store.disconnected(device).wait().unwrap();
             self.model[dev].drop_link();
+            if self.model[dev].get_pending {
+                self.get(dev);
+            }
             let mut rounds = 0;
             loop {
                 rounds += 1;
@@ -351,6 +370,22 @@ fn run(ops: &[Op]) {
 }
 
 fn run_in(dir: &tempfile::TempDir, ops: &[Op]) -> Harness {
+    let mut h = start(dir);
+    for op in ops {
+        h.apply(op);
+        h.check_step();
+    }
+    h.drain();
+    h.check_converged();
+    // And the converged state survives a final crash.
+    h.apply(&Op::Crash);
+    h.drain();
+    h.check_converged();
+    h
+}
+
+/// A harness on a fresh store in `dir`, `dev-c` in every-change mode.
+fn start(dir: &tempfile::TempDir) -> Harness {
     let path = dir.path().join("state.db");
     let store = Harness::open(&path);
     store
@@ -363,23 +398,12 @@ fn run_in(dir: &tempfile::TempDir, ops: &[Op]) -> Harness {
         )
         .wait()
         .unwrap();
-    let mut h = Harness {
+    Harness {
         path,
         store,
         model: DEVICES.iter().map(|_| ModelDevice::new()).collect(),
         next_rid: 0,
-    };
-    for op in ops {
-        h.apply(op);
-        h.check_step();
     }
-    h.drain();
-    h.check_converged();
-    // And the converged state survives a final crash.
-    h.apply(&Op::Crash);
-    h.drain();
-    h.check_converged();
-    h
 }
 
 proptest! {
@@ -449,4 +473,32 @@ fn history_device_sends_every_change_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let h = run_in(&dir, &ops);
     assert_eq!(h.model[2].accepted[..3], changes);
+}
+
+/// The twin is recreated after the store has seen higher versions: the GET on reconnect
+/// (version 1, empty document) is adopted, and keys that did not change since are sent again.
+#[test]
+fn recreated_twin_gets_every_key_again() {
+    let mut ops = Vec::new();
+    for (i, key) in ["p0", "p1", "p2"].into_iter().enumerate() {
+        ops.extend([
+            Op::Change {
+                dev: 0,
+                patch: json!({ key: i }),
+            },
+            Op::Send { dev: 0 },
+            Op::HubProcess { dev: 0 },
+            Op::Deliver { dev: 0 },
+        ]);
+    }
+    ops.push(Op::Recreate { dev: 0 });
+    let dir = tempfile::tempdir().unwrap();
+    let h = run_in(&dir, &ops);
+    assert_eq!(h.model[0].hub, json!({"p0": 0, "p1": 1, "p2": 2}));
+    let snap = h.store.snapshot(DEVICES[0]).wait().unwrap().unwrap();
+    assert!(snap.sync.converged());
+    assert!(
+        snap.sync.hub_version < Some(3),
+        "versions follow the new twin"
+    );
 }

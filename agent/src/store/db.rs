@@ -18,7 +18,7 @@ use super::{
     DesiredOutcome, DesiredUpdate, DeviceSnapshot, HistoryLimits, JournalStats, PropertyState,
     StoreError, StoreOptions, Synchronous,
 };
-use crate::twin::{apply, is_noop, strip_reserved};
+use crate::twin::{VersionOrder, apply, is_noop, strip_reserved};
 
 /// The parts of [`SyncState`] that live in the `sync_extra` JSON column.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -434,12 +434,8 @@ impl Db {
         device: &str,
         reported: &Value,
         version: i64,
-    ) -> Result<bool, StoreError> {
-        let mut accepted = false;
-        self.update_sync(device, |state| {
-            accepted = state.on_hub_reported(reported, version);
-        })?;
-        Ok(accepted)
+    ) -> Result<(), StoreError> {
+        self.update_sync(device, |state| state.on_hub_reported(reported, version))
     }
 
     fn update_sync(
@@ -474,21 +470,33 @@ impl Db {
             )
             .map_err(sql)?;
         let mut desired = parse(&path, device, "desired", &text)?;
-        let outcome = match (update, held) {
-            (_, Some(held)) if version <= held => DesiredOutcome::Stale { held },
-            (DesiredUpdate::Patch(_), None) => DesiredOutcome::Gap {
-                held: None,
-                got: version,
-            },
-            (DesiredUpdate::Patch(_), Some(held)) if version != held + 1 => DesiredOutcome::Gap {
-                held: Some(held),
-                got: version,
-            },
-            (DesiredUpdate::Patch(patch), Some(_)) => {
-                apply(&mut desired, &strip_meta(patch));
-                DesiredOutcome::Applied(desired)
+        let outcome = match update {
+            DesiredUpdate::Patch(patch) => {
+                // Notifications need continuity: the twin helper's ordering decides.
+                let order = VersionOrder::classify(
+                    held.map(|h| order_version(&path, device, "held", h))
+                        .transpose()?,
+                    order_version(&path, device, "received", version)?,
+                );
+                match order {
+                    VersionOrder::Newer => {
+                        apply(&mut desired, &strip_meta(patch));
+                        DesiredOutcome::Applied(desired)
+                    }
+                    VersionOrder::Same | VersionOrder::Older => DesiredOutcome::Stale {
+                        held: held.expect("an ordering other than Gap implies a held version"),
+                    },
+                    VersionOrder::Gap => DesiredOutcome::Gap { held, got: version },
+                }
             }
-            (DesiredUpdate::Full(doc), _) => {
+            DesiredUpdate::Full(doc) => {
+                // A full document from a GET is the hub's truth when it answered and is
+                // adopted whatever its version (the reported side does the same, see
+                // `SyncState::on_hub_reported`): a twin recreated in the hub (device deleted
+                // and registered again, or moved by DPS) restarts its versions at 1, and
+                // refusing "older" documents would ignore it until it passed the old number,
+                // while every notification in between would look like a gap.
+                order_version(&path, device, "received", version)?;
                 let doc = strip_meta(doc);
                 if !doc.is_object() {
                     return Err(StoreError::InvalidInput {
@@ -496,6 +504,15 @@ impl Db {
                         device: device.to_owned(),
                         detail: "a desired document must be a JSON object".to_owned(),
                     });
+                }
+                if held.is_some_and(|h| version < h) {
+                    // Applied versions above the adopted one were counted by the previous
+                    // twin; kept, they would mark the new twin's values as already written.
+                    tx.execute(
+                        "DELETE FROM property WHERE device = ?1 AND applied_version > ?2",
+                        params![device, version],
+                    )
+                    .map_err(sql)?;
                 }
                 DesiredOutcome::Applied(doc)
             }
@@ -545,6 +562,18 @@ impl Db {
         let tx = self.conn.unchecked_transaction().map_err(self.sql())?;
         snapshot(&tx, &self.path, device)
     }
+}
+
+/// A desired `$version` as the twin helpers count it (`u64`), from the store's `i64`.
+///
+/// The one conversion point between the two: the hub's versions are never negative, so a
+/// negative one (a caller bug, or a damaged row for `which = "held"`) is an error, not a cast.
+fn order_version(path: &Path, device: &str, which: &str, version: i64) -> Result<u64, StoreError> {
+    u64::try_from(version).map_err(|_| StoreError::InvalidInput {
+        path: path.to_path_buf(),
+        device: device.to_owned(),
+        detail: format!("{which} desired $version {version} is negative"),
+    })
 }
 
 /// `doc` without the hub's read-only `$version` / `$metadata` members.

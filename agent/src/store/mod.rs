@@ -63,8 +63,9 @@
 //! it applied it to whichever candidate it held, so [`SyncState::on_ack`] applies it to all of
 //! them; after a reconciling patch they are all equal to `local` and collapse back to
 //! `hub_reported` alone. A GET result ([`SyncState::on_hub_reported`]) is the truth and
-//! replaces them all. With no unknown outcome (no alternatives) the patch is exactly DESIGN's
-//! diff. The set is small in practice (each unanswered reconciling patch maps every candidate to
+//! replaces them all, whatever its `$version` (a twin recreated in the hub restarts its versions
+//! at 1); only when the version went down does the previous document stay as an alternative,
+//! in case the GET's answer was overtaken by an ack. With no unknown outcome (no alternatives) the patch is exactly DESIGN's diff. The set is small in practice (each unanswered reconciling patch maps every candidate to
 //! the same document); it is capped at [`MAX_ALTERNATIVES`](sync_state::MAX_ALTERNATIVES), and
 //! beyond that `resync_needed` stops sending until a GET result arrives. An in-flight patch
 //! found at open (the previous process died waiting for its answer) becomes an unknown outcome
@@ -167,7 +168,7 @@ pub enum DesiredUpdate {
 pub enum DesiredOutcome {
     /// Stored; carries the new desired document.
     Applied(Value),
-    /// Ignored: its version is not newer than the one held.
+    /// Ignored: a notification whose version is not newer than the one held.
     Stale {
         /// The version already held.
         held: i64,
@@ -434,14 +435,27 @@ impl Store {
     }
 
     /// A GET of the twin returned the hub's `reported` section with `$version` `version`.
-    /// Returns `false` when it is older than what is known (ignored).
-    pub fn hub_reported(&self, device: &str, reported: Value, version: i64) -> Reply<bool> {
+    ///
+    /// Always adopted, even with a lower version than the one held: a recreated twin restarts
+    /// its versions (see [`SyncState::on_hub_reported`] for why this is safe, and why the
+    /// previous document is kept as an alternative when the version went down).
+    pub fn hub_reported(&self, device: &str, reported: Value, version: i64) -> Reply<()> {
         let device = device.to_owned();
         self.run(move |db| db.hub_reported(&device, &reported, version))
     }
 
-    /// "Desired received": stores a full desired section or applies a notification patch, if
-    /// `version` is newer than the held one and (for a patch) follows it directly.
+    /// "Desired received": stores a full desired section or applies a notification patch.
+    ///
+    /// A notification is applied only when `version` directly follows the held one
+    /// ([`VersionOrder`](crate::twin::VersionOrder)): at or below it is
+    /// [`DesiredOutcome::Stale`], further ahead (or nothing held) a [`DesiredOutcome::Gap`].
+    /// A full section (a GET result) is the hub's truth and is always adopted, even with a
+    /// lower version than the one held: a twin recreated in the hub restarts its versions at 1.
+    /// When the version went down, applied versions above it (counted by the previous twin)
+    /// are forgotten, so the new twin's values are written to the device.
+    ///
+    /// A negative `version` is an [`StoreError::InvalidInput`] (the hub's versions are never
+    /// negative).
     pub fn desired_received(
         &self,
         device: &str,

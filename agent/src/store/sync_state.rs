@@ -360,24 +360,50 @@ impl SyncState {
 
     /// A GET of the twin returned the hub's reported section with its `$version`.
     ///
-    /// Replaces everything known about the hub (the GET is the truth) unless it is older than
-    /// the version already known, in which case it is ignored and `false` is returned. An
-    /// in-flight patch stays in flight: its ack applies it on top of the new document, which is
-    /// right whether or not the GET already saw it (a merge patch is idempotent).
-    pub fn on_hub_reported(&mut self, reported: &Value, version: i64) -> bool {
-        if self.hub_version.is_some_and(|known| version < known) {
-            return false;
-        }
+    /// Adopted whatever its version: it becomes `hub_reported` and `hub_version`, and clears
+    /// `resync_needed`.
+    ///
+    /// The version is deliberately not used to ignore the result. A twin that is recreated in
+    /// the hub (device deleted and registered again, or moved to another hub by DPS) restarts
+    /// its versions at 1; ignoring "older" GET results would then ignore every GET from that
+    /// point on: keys that never change would never be sent again, and once `resync_needed` is
+    /// set nothing would be sent at all.
+    ///
+    /// A lower version can also mean the answer was overtaken by the ack of a later PATCH (the
+    /// hub does not promise to answer in order). Then the hub holds the previous
+    /// `hub_reported`, not the GET's document, and plain adoption would lose that: if `local`
+    /// went back to the GET's value meanwhile, the diff would be empty while the hub keeps the
+    /// acked value. So when the version goes down the previous document stays in
+    /// `alternatives`: the next patch is right for both readings (a recreated twin only gets
+    /// some keys re-sent and some absent keys nulled, both no-ops), and its ack collapses them.
+    /// At the same or a higher version the GET is the newest truth and replaces everything.
+    ///
+    /// The in-flight bookkeeping is untouched: an in-flight patch stays in flight and its ack
+    /// applies it on top of every candidate, which is right whether or not the GET already saw
+    /// it (a merge patch is idempotent); quarantine and probing keep their keys, since the
+    /// hub's content rules did not change with the document.
+    pub fn on_hub_reported(&mut self, reported: &Value, version: i64) {
         let mut doc = match reported {
             Value::Object(_) => reported.clone(),
             _ => Value::Object(Map::new()),
         };
         strip_reserved(&mut doc);
-        self.hub_reported = doc;
+        let went_back = self.hub_version.is_some_and(|known| version < known);
+        let previous = std::mem::replace(&mut self.hub_reported, doc);
         self.hub_version = Some(version);
-        self.alternatives.clear();
         self.resync_needed = false;
-        true
+        if went_back {
+            self.alternatives.push(previous);
+            self.normalize_alternatives();
+            if self.alternatives.len() > MAX_ALTERNATIVES {
+                // Too many readings to reconcile: the next GET (at this version or later,
+                // hence the truth) settles it.
+                self.alternatives.clear();
+                self.resync_needed = true;
+            }
+        } else {
+            self.alternatives.clear();
+        }
     }
 
     fn take_in_flight(&mut self, request_id: &str) -> Option<InFlight> {
@@ -582,14 +608,52 @@ mod tests {
         assert!(s.alternatives.is_empty());
         assert_eq!(s.next_patch(), None);
         assert_eq!(s.begin_send("r4"), None);
-        assert!(s.on_hub_reported(&json!({"k3": 3, "$version": 3, "$metadata": {}}), 3));
+        s.on_hub_reported(&json!({"k3": 3, "$version": 3, "$metadata": {}}), 3);
         assert!(!s.resync_needed);
         assert_eq!(s.hub_reported, json!({"k3": 3}));
         assert_eq!(s.next_patch(), Some(json!({"k3": null})));
-        assert!(
-            !s.on_hub_reported(&json!({}), 2),
-            "older GET results are ignored"
-        );
+    }
+
+    #[test]
+    fn get_of_a_recreated_twin_is_adopted_despite_its_lower_version() {
+        // The hub held version 7; the twin was recreated and now holds an empty document at
+        // version 1. Keys that never change must be sent again.
+        let mut s = state(json!({"fixed": 1, "moving": 2}), json!({"fixed": 1}));
+        s.hub_version = Some(7);
+        s.resync_needed = true;
+        assert_eq!(s.next_patch(), None);
+        s.on_hub_reported(&json!({"$version": 1}), 1);
+        assert!(!s.resync_needed);
+        assert_eq!(s.hub_version, Some(1));
+        assert_eq!(s.hub_reported, json!({}));
+        assert_eq!(s.begin_send("r1"), Some(json!({"fixed": 1, "moving": 2})));
+        // A GET while the patch is in flight keeps it in flight; its ack lands on top.
+        s.on_hub_reported(&json!({}), 1);
+        assert!(s.in_flight.is_some());
+        assert!(s.on_ack("r1", 2).is_some());
+        assert!(s.converged());
+    }
+
+    #[test]
+    fn get_overtaken_by_an_ack_still_lets_a_revert_through() {
+        // The hub answers a GET at version 6 ({a: 1}), then acks {a: 2} at version 7, and the
+        // GET's answer is handled last. Then the device reverts to a = 1.
+        let mut s = state(json!({"a": 2}), json!({"a": 1}));
+        s.hub_version = Some(6);
+        s.begin_send("r1");
+        assert!(s.on_ack("r1", 7).is_some());
+        s.on_hub_reported(&json!({"a": 1, "$version": 6}), 6);
+        assert_eq!(s.hub_reported, json!({"a": 1}));
+        assert_eq!(s.alternatives, vec![json!({"a": 2})]);
+        s.merge_local(&json!({"a": 1})).unwrap();
+        assert_eq!(s.begin_send("r2"), Some(json!({"a": 1})));
+        s.on_ack("r2", 8);
+        assert!(s.converged());
+        // At the same or a higher version a GET is the truth and replaces every reading.
+        s.alternatives.push(json!({"a": 5}));
+        s.on_hub_reported(&json!({"a": 3}), 8);
+        assert!(s.alternatives.is_empty());
+        assert_eq!(s.hub_reported, json!({"a": 3}));
     }
 
     #[test]
@@ -640,7 +704,9 @@ mod tests {
         }
     }
 
-    /// Operations of the pure model test (one device, no store).
+    /// Operations of the pure model test (one device, no store). `Recreate`: the twin is
+    /// recreated in the hub (device deleted and registered again, or moved by DPS): an empty
+    /// reported document, versions restart at 1, the link drops.
     #[derive(Debug, Clone)]
     enum Op {
         Change(Value),
@@ -651,6 +717,7 @@ mod tests {
         Deliver,
         Disconnect,
         Get,
+        Recreate,
     }
 
     const LIMIT: usize = 60;
@@ -674,6 +741,7 @@ mod tests {
             4 => Just(Op::Deliver),
             2 => Just(Op::Disconnect),
             1 => Just(Op::Get),
+            1 => Just(Op::Recreate),
         ]
     }
 
@@ -721,6 +789,9 @@ mod tests {
             let mut s = SyncState::new();
             let mut hub = Hub { doc: json!({}), ..Hub::default() };
             let mut rid = 0u32;
+            // Set by a recreation: the reconnect that follows GETs the twin (DESIGN: subscribe,
+            // then GET, on every connect); until then the state cannot know.
+            let mut get_pending = false;
             for op in ops {
                 match op {
                     Op::Change(patch) => { s.merge_local(&patch).unwrap(); }
@@ -753,12 +824,23 @@ mod tests {
                         hub.inbox = None;
                         hub.outbox = None;
                     }
-                    Op::Get => { s.on_hub_reported(&hub.doc, hub.version); }
+                    Op::Get => {
+                        s.on_hub_reported(&hub.doc, hub.version);
+                        get_pending = false;
+                    }
+                    Op::Recreate => {
+                        hub = Hub { doc: json!({}), version: 1, ..Hub::default() };
+                        s.on_disconnect();
+                        get_pending = true;
+                    }
                 }
             }
             s.on_disconnect();
             hub.inbox = None;
             hub.outbox = None;
+            if get_pending {
+                s.on_hub_reported(&hub.doc, hub.version);
+            }
             for round in 0.. {
                 prop_assert!(round < 40, "drain does not terminate: {:?}", s);
                 rid += 1;

@@ -54,9 +54,12 @@ impl VersionOrder {
     }
 }
 
-/// True when a full section fetched with version `fetched` should replace what is held.
+/// True when a full section fetched with version `fetched` is newer than what is held.
 ///
-/// A full document needs no continuity: anything newer than the held version replaces it.
+/// A full document needs no continuity: anything newer than the held version may replace it.
+/// `false` does not mean "stale" for a GET result: a twin recreated in the hub restarts its
+/// versions at 1, so the store adopts every full GET result whatever this says (see
+/// `Store::desired_received`).
 pub fn full_is_newer(held: Option<u64>, fetched: u64) -> bool {
     held.is_none_or(|held| fetched > held)
 }
