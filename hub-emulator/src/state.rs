@@ -1289,12 +1289,30 @@ fn load_state(path: &Path) -> Result<BTreeMap<String, Device>, HubError> {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, then rename.
+/// Replaces `path` with `bytes` so that a crash or power cut leaves the old or the new file,
+/// never a torn one. The file holds device keys, so it is created owner-only (0600).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    // Make the rename itself durable.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -1459,6 +1477,11 @@ mod tests {
         assert_eq!(t["properties"]["desired"]["sp"], 3);
         assert_eq!(t["properties"]["desired"]["$version"], 2);
         assert!(!dir.path().join("state.json.tmp").exists());
+        // It holds device keys: owner-only, whatever the umask.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "state file mode {mode:o}");
     }
 
     #[test]
