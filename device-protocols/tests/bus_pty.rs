@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
-use common::{DEADLINE, all_ok, health_until, poll_until};
+use common::{all_ok, eventually, health_until, poll_until};
 use device_protocols::backoff::BackoffConfig;
 use device_protocols::bus::{
     Bus, BusConfig, BusHandle, Exception, PointError, Transport, UnitConfig, UnitPoll, WriteError,
@@ -78,18 +77,6 @@ async fn spawn_online(
     let (bus, polls) = Bus::spawn(config(sim.path()), units).unwrap();
     health_until(&bus, "all online", |h| h.units.iter().all(|u| u.online)).await;
     (bus, polls)
-}
-
-/// Awaits an arbitrary async condition with a deadline.
-async fn eventually<F: Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let wait = async {
-        while !f().await {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(DEADLINE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
 }
 
 fn cycles(h: &BusHealth, unit: u8) -> u64 {

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+mod common;
+use common::until;
+
 use device_protocols::pty::{PtyMaster, VirtualPort};
 use device_protocols::serial::{self, Parity, SerialSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,14 +128,10 @@ async fn stale_input_can_be_discarded_and_second_open_is_refused() {
     let settings = SerialSettings::new(master.slave_path());
     let mut port = serial::open(&settings).unwrap();
     master.write_all(b"stale answer").await.unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while serial::bytes_to_read(&port).unwrap() < 12 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bytes never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until("stale bytes arrived", || {
+        serial::bytes_to_read(&port).unwrap() >= 12
+    })
+    .await;
     serial::discard_input(&port).unwrap();
     assert_eq!(serial::bytes_to_read(&port).unwrap(), 0);
     master.write_all(b"fresh").await.unwrap();

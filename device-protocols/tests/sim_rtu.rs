@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+mod common;
+use common::until;
+
 use device_protocols::point::Table;
 use device_protocols::serial::{self, SerialSettings};
 use device_protocols::sim::{ExceptionRule, Generator, RtuSim, SimMap, UnitMap};
@@ -281,14 +284,10 @@ async fn slow_unit_answers_late() {
             .await
             .is_err()
     );
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while s.sim.handle().stats(7).unwrap().answered < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "late answer never sent"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("late answer sent", || {
+        s.sim.handle().stats(7).unwrap().answered >= 2
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -359,14 +358,10 @@ async fn broadcast_writes_reach_every_unit_unanswered() {
         "broadcasts are not answered"
     );
     let h = s.sim.handle();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while h.holding(1, 1) != Some(55) || h.holding(7, 1) != Some(55) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "broadcast not applied"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("broadcast applied", || {
+        h.holding(1, 1) == Some(55) && h.holding(7, 1) == Some(55)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -431,14 +426,7 @@ async fn unplug_mid_transaction_loses_the_answer_in_flight() {
     let mut c = client(&s.sim, 7);
     let pending = tokio::spawn(async move { c.read_holding_registers(0, 1).await });
     // Unplug once the request is being served (the unit is "thinking").
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while h.requests(7) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "request never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until("request arrived", || h.requests(7) > 0).await;
     s.sim.unplug().await.unwrap();
     let res = within(pending).await.unwrap();
     assert!(

@@ -1,6 +1,9 @@
-//! Helpers shared by the bus runtime tests (`bus_pty`, `bus_tcp`): awaiting a condition on the
-//! health watch or the poll stream, each with a deadline.
+//! Helpers shared by the device-protocols tests: awaiting a condition (on the health watch, the
+//! poll stream, or any state without a channel) with a deadline, never a bare sleep.
+// Each test binary uses a subset of these.
+#![allow(dead_code)]
 
+use std::future::Future;
 use std::time::Duration;
 
 use device_protocols::bus::{BusHandle, UnitPoll};
@@ -48,4 +51,22 @@ pub async fn poll_until(
 /// Whether every reading of `p` succeeded.
 pub fn all_ok(p: &UnitPoll) -> bool {
     p.readings.iter().all(|r| r.result.is_ok())
+}
+
+/// Awaits an async condition, re-checked every 10 ms, with a deadline.
+pub async fn eventually<F: Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let wait = async {
+        while !f().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+}
+
+/// Awaits a condition on state that has no channel to wait on (simulator counters, kernel
+/// buffers), re-checked every 10 ms, with a deadline.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    eventually(what, || std::future::ready(cond())).await;
 }
