@@ -1,5 +1,6 @@
 //! twinbridge: an edge gateway agent that keeps serial field devices and their Azure IoT Hub
 //! device twins in sync, with a durable local replica in SQLite.
 
+pub mod hub;
 pub mod store;
 pub mod twin;
