@@ -2,5 +2,7 @@
 //! device twins in sync, with a durable local replica in SQLite.
 
 pub mod hub;
+pub mod service;
 pub mod store;
+pub mod sync;
 pub mod twin;
