@@ -22,6 +22,26 @@ use twinbridge::hub::{Credential, LinkSettings, Pacing, RateLimiter, Secret};
 use twinbridge::service::{IdentitySpec, RuntimeSpec};
 use twinbridge::store::StoreOptions;
 
+/// The `twinbridge` binary of this build (`target/<profile>/twinbridge`).
+///
+/// Cargo builds it for `cargo test --workspace` (the agent crate has integration tests); a
+/// run of this crate alone needs `cargo build -p twinbridge` first.
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/twinbridge
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let binary = profile_dir.join("twinbridge");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p twinbridge` (cargo test --workspace does)",
+        binary.display()
+    );
+    binary
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
