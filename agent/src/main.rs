@@ -25,20 +25,32 @@ struct Cli {
     command: Command,
 }
 
+/// Where systemd credentials are, for the subcommands that resolve keys.
+#[derive(Debug, clap::Args)]
+struct CredentialsArg {
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "Directory of systemd credentials (key files named after device ids, \
+                group-key) [default: $CREDENTIALS_DIRECTORY]"
+    )]
+    credentials_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(about = "Run the agent: keep every device twin in sync with the hub until SIGTERM")]
+    Run {
+        #[command(flatten)]
+        credentials: CredentialsArg,
+    },
     #[command(
         about = "Check the configuration and the credentials it names; print every problem \
                  and exit 78 (EX_CONFIG) if there is one"
     )]
     CheckConfig {
-        #[arg(
-            long,
-            value_name = "DIR",
-            help = "Directory of systemd credentials (key files named after device ids, \
-                    group-key) [default: $CREDENTIALS_DIRECTORY]"
-        )]
-        credentials_dir: Option<PathBuf>,
+        #[command(flatten)]
+        credentials: CredentialsArg,
     },
 }
 
@@ -46,12 +58,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = cli.config.unwrap_or_else(Config::default_path);
     let code = match cli.command {
-        Command::CheckConfig { credentials_dir } => cli::check_config::run(
+        Command::Run { credentials } => {
+            init_logging();
+            cli::run::run(
+                &config_path,
+                cli::check_config::credentials_dir(credentials.credentials_dir).as_deref(),
+                &mut std::io::stderr().lock(),
+            )
+        }
+        Command::CheckConfig { credentials } => cli::check_config::run(
             &config_path,
-            cli::check_config::credentials_dir(credentials_dir).as_deref(),
+            cli::check_config::credentials_dir(credentials.credentials_dir).as_deref(),
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
     };
     ExitCode::from(code)
+}
+
+/// Logs to stderr (journald captures it under systemd), filtered by `TWINBRIDGE_LOG`
+/// (`info` by default; e.g. `TWINBRIDGE_LOG=twinbridge=debug`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TWINBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
