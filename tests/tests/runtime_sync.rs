@@ -280,3 +280,58 @@ async fn a_429_storm_is_ridden_out() {
     );
     runtime.shutdown().await.expect("clean shutdown");
 }
+
+/// A value the hub refuses (a string over 4 KB) is quarantined: the rest of the twin
+/// converges, the refused path shows in the gateway twin, and nothing is retried in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_property_is_quarantined_and_surfaced_in_the_gateway_twin() {
+    let hub = TestHub::start(&["gw-1", "meter-01"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &["meter-01"]);
+    let runtime = Runtime::start(spec).await.expect("runtime starts");
+    let handle = runtime.handle();
+    handle
+        .merge_local(
+            "meter-01",
+            json!({"ok": 1, "label": "x".repeat(5000), "other": {"a": true}}),
+        )
+        .await
+        .expect("merged");
+    let hub_ref = &hub;
+    eventually(
+        "the acceptable keys reach the hub",
+        DEADLINE,
+        || async move { hub_ref.reported("meter-01").0 == json!({"ok": 1, "other": {"a": true}}) },
+    )
+    .await;
+    eventually(
+        "the gateway twin names the refused path",
+        DEADLINE,
+        || async move {
+            let rejected = hub_ref.reported("gw-1").0["rejected"].clone();
+            rejected.as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|e| e["device"] == "meter-01" && e["path"] == "reported.label")
+            })
+        },
+    )
+    .await;
+    // Settled: no PATCH loop on the refused key.
+    let patches = hub.counters().reported_patches;
+    tokio::time::sleep(Duration::from_secs(1)).await; // a window in which a loop would show
+    let settled = hub.counters().reported_patches;
+    assert!(
+        settled <= patches + 1,
+        "the refused key is not resent in a loop: {patches} -> {settled}"
+    );
+    // A new value of the key goes out again (and is accepted).
+    handle
+        .merge_local("meter-01", json!({"label": "short"}))
+        .await
+        .expect("merged");
+    eventually("the new value reaches the hub", DEADLINE, || async move {
+        hub_ref.reported("meter-01").0["label"] == "short"
+    })
+    .await;
+    runtime.shutdown().await.expect("clean shutdown");
+}
