@@ -93,7 +93,13 @@ pub(super) fn load_texts(main: &Path, texts: &[(PathBuf, String)]) -> Result<Con
         sink.errors.extend(errors);
         tree::merge_root(&mut root, table);
     }
-    let config = validate(&root, &mut sink);
+    // A file with syntax errors yields a best-effort tree whose values may be placeholders:
+    // validating it would add confusing errors, so syntax errors are reported alone.
+    let config = if sink.errors.is_empty() {
+        validate(&root, &mut sink)
+    } else {
+        None
+    };
     let mut errors = sink.errors;
     errors.sort_by_key(|(pos, _)| *pos);
     match config {
@@ -257,12 +263,20 @@ impl<'t> Section<'t> {
         }
     }
 
-    fn integer(&self, key: &str, min: i64, max: i64, sink: &mut Sink<'_>) -> Option<i64> {
+    /// An integer within `min..=max` (`what` describes the range).
+    fn integer(
+        &self,
+        key: &str,
+        min: i64,
+        max: i64,
+        what: &str,
+        sink: &mut Sink<'_>,
+    ) -> Option<i64> {
         let node = &self.get(key)?.node;
         match node.value {
             Value::Integer(Some(i)) if (min..=max).contains(&i) => Some(i),
             _ => {
-                self.wrong(sink, key, node, &format!("an integer from {min} to {max}"));
+                self.wrong(sink, key, node, what);
                 None
             }
         }
@@ -585,7 +599,7 @@ fn hub_config(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<HubConfig> {
         },
     };
     let port = section
-        .integer("port", 1, 65535, sink)
+        .integer("port", 1, 65535, "a port number from 1 to 65535", sink)
         .map(|p| u16::try_from(p).expect("range checked"));
     let transport = section
         .choice("transport", &["mqtt", "mqtt-ws"], sink)
@@ -856,7 +870,13 @@ fn device(
     let every_change = section.choice("history", &["latest", "every-change"], sink);
     let history_ok = every_change.is_some() || section.get("history").is_none();
     let every_change = every_change.is_some_and(|(h, _)| h == "every-change");
-    let max_bytes = section.integer("history_max_bytes", 1, i64::MAX, sink);
+    let max_bytes = section.integer(
+        "history_max_bytes",
+        1,
+        i64::MAX,
+        "a positive number of bytes",
+        sink,
+    );
     let max_age = section.duration("history_max_age", Duration::from_nanos(1), sink);
     let mut ok = history_ok;
     if history_ok && !every_change {
