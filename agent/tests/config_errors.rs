@@ -9,7 +9,8 @@ use config_common::{copy_fixture, error_lines, write};
 use twinbridge::config::Config;
 
 fn errors_of(text: &str) -> Vec<String> {
-    let errors = Config::from_str_at(text, Path::new("/etc/twinbridge/config.toml")).unwrap_err();
+    let errors = Config::from_str_at(text, Path::new("/etc/twinbridge/config.toml"))
+        .expect_err("the configuration is invalid");
     errors.iter().map(ToString::to_string).collect()
 }
 

@@ -19,23 +19,24 @@ pub fn fixture_dir(name: &str) -> PathBuf {
 /// A copy of fixture `name` in a fresh temporary directory, key files (`keys.toml`,
 /// `*.key`) made owner-only; returns the directory and its `config.toml`.
 pub fn copy_fixture(name: &str) -> (TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     copy_tree(&fixture_dir(name), dir.path());
     let config = dir.path().join("config.toml");
     (dir, config)
 }
 
 fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
+    fs::create_dir_all(to).expect("creating a fixture directory");
+    for entry in fs::read_dir(from).expect("listing a fixture directory") {
+        let entry = entry.expect("fixture directory entry");
         let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
+        if entry.file_type().expect("fixture file type").is_dir() {
             copy_tree(&entry.path(), &target);
         } else {
-            fs::copy(entry.path(), &target).unwrap();
+            fs::copy(entry.path(), &target).expect("copying a fixture");
             let name = entry.file_name().to_string_lossy().into_owned();
-            let mode = if name == "keys.toml" || name.ends_with(".key") {
+            let is_key = Path::new(&name).extension().is_some_and(|x| x == "key");
+            let mode = if name == "keys.toml" || is_key {
                 0o600
             } else {
                 0o644
@@ -47,14 +48,15 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// `chmod mode path`.
 pub fn set_mode(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 /// Writes `text` to `dir/name` (creating parent directories) and returns the path.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(&path, text).unwrap();
+    fs::create_dir_all(path.parent().expect("a file in a directory"))
+        .expect("creating a directory");
+    fs::write(&path, text).expect("writing a test file");
     path
 }
 
