@@ -228,7 +228,7 @@ impl Resolver<'_> {
             self.error(Some(at.clone()), context, "", message);
             return None;
         };
-        let keys = self.keys_file(file, context)?;
+        let keys = self.keys_file(file)?;
         match keys.get(id) {
             Some(Some(key)) => Some(Credential::SymmetricKey(key.clone())),
             Some(None) => None, // reported with the keys file's line
@@ -254,16 +254,16 @@ impl Resolver<'_> {
     }
 
     /// Reads a keys file once; `None` (reported) if unusable.
-    fn keys_file(&mut self, file: &FileSetting, context: &str) -> Option<&KeysFile> {
+    fn keys_file(&mut self, file: &FileSetting) -> Option<&KeysFile> {
         if !self.keys_files.contains_key(&file.path) {
-            let loaded = self.load_keys_file(file, context);
+            let loaded = self.load_keys_file(file);
             self.keys_files.insert(file.path.clone(), loaded);
         }
         self.keys_files[&file.path].as_ref()
     }
 
-    fn load_keys_file(&mut self, file: &FileSetting, context: &str) -> Option<KeysFile> {
-        let text = self.read_key_file(file, context, "keys_file")?;
+    fn load_keys_file(&mut self, file: &FileSetting) -> Option<KeysFile> {
+        let text = self.read_key_file(file, "", "keys_file")?;
         let (table, syntax) = toml::de::DeTable::parse_recoverable(&text);
         let index = crate::config::line_index(&text);
         let location = |offset: usize| {
@@ -352,12 +352,12 @@ impl Resolver<'_> {
         };
         if !self.group_keys.contains_key(&file.path) {
             let key = self
-                .read_key_file(file, context, "group_key_file")
+                .read_key_file(file, "", "group_key_file")
                 .and_then(|text| {
                     decode_key(&text).or_else(|| {
                         self.error(
                             Some(file.defined_at.clone()),
-                            context,
+                            "",
                             "group_key_file",
                             format!("{}: not a valid base64 key", file.path.display()),
                         );
