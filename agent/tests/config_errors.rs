@@ -102,6 +102,19 @@ fn a_device_cannot_take_the_gateway_id() {
 }
 
 #[test]
+fn the_gateway_id_clash_is_reported_even_when_the_gateway_has_other_errors() {
+    assert_eq!(
+        errors_of(
+            "[gateway]\nid = \"gw\"\nauth = \"nope\"\n[hub]\nhost = \"h\"\n[[device]]\nid = \"gw\"\n"
+        ),
+        [
+            r#"config.toml:3:8: gateway: auth: expected one of "sas", "group-key", "x509", got "nope""#,
+            r#"config.toml:7:6: device "gw": id: a device cannot have the gateway's id (set at config.toml:2:6)"#,
+        ]
+    );
+}
+
+#[test]
 fn ids_longer_than_128_characters_are_refused() {
     let long = "x".repeat(129);
     let errors = errors_of(&format!(

@@ -138,6 +138,16 @@ struct Section<'t> {
 const EMPTY: &Table = &Table::new();
 
 impl<'t> Section<'t> {
+    /// A top-level section (`hub`) or an entry of an array of tables (`device "m"`).
+    fn new(table: &'t Table, pos: Pos, context: &str) -> Self {
+        Self {
+            table,
+            pos,
+            context: context.to_owned(),
+            prefix: String::new(),
+        }
+    }
+
     fn field(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -344,74 +354,39 @@ fn top_table<'t>(root: &'t Table, key: &str, sink: &mut Sink<'_>) -> Option<(&'t
 }
 
 fn validate(root: &Table, sink: &mut Sink<'_>) -> Option<Config> {
-    let top = Section {
-        table: root,
-        pos: START,
-        context: String::new(),
-        prefix: String::new(),
-    };
-    top.deny_unknown(&["gateway", "hub", "device"], sink);
+    Section::new(root, START, "").deny_unknown(&["gateway", "hub", "device"], sink);
 
-    let gateway = top_table(root, "gateway", sink);
-    if root.get("gateway").is_none() {
-        sink.push(
-            START,
-            "",
-            "gateway",
-            "missing table [gateway] (its id is required)",
-        );
-    }
-    let hub_table = top_table(root, "hub", sink);
-    if root.get("hub").is_none() {
-        sink.push(
-            START,
-            "",
-            "hub",
-            "missing table [hub] (its host is required)",
-        );
-    }
-    let hub = hub_table.map(|(table, pos)| {
-        let section = Section {
-            table,
-            pos,
-            context: "hub".to_owned(),
-            prefix: String::new(),
-        };
-        (section.clone_ref(), hub_config(&section, sink))
-    });
+    let section_of = |key: &str, why: &str, sink: &mut Sink<'_>| {
+        if root.get(key).is_none() {
+            sink.push(START, "", key, format!("missing table [{key}] ({why})"));
+        }
+        top_table(root, key, sink).map(|(table, pos)| Section::new(table, pos, key))
+    };
+    let gateway = section_of("gateway", "its id is required", sink);
+    let hub = section_of("hub", "its host is required", sink);
+
+    let hub_config = hub.as_ref().and_then(|hub| hub_config(hub, sink));
     let defaults = hub
         .as_ref()
-        .map(|(section, _)| auth_defaults(section, sink))
+        .map(|hub| auth_defaults(hub, sink))
         .unwrap_or_default();
-
-    let gateway = gateway.and_then(|(table, pos)| {
-        let section = Section {
-            table,
-            pos,
-            context: "gateway".to_owned(),
-            prefix: String::new(),
-        };
-        gateway_config(&section, &defaults, sink)
+    let gateway_config = gateway
+        .as_ref()
+        .and_then(|gateway| gateway_config(gateway, &defaults, sink));
+    // The raw id, so a device with the gateway's id is reported even if [gateway] has other
+    // errors.
+    let gateway_id = gateway.as_ref().and_then(|g| {
+        let entry = g.get("id")?;
+        Some((entry.node.value.as_str()?, entry.node.pos))
     });
-    let devices = devices(root, &defaults, gateway.as_ref(), sink);
+    let devices = devices(root, &defaults, gateway_id, sink);
 
     Some(Config {
-        gateway: gateway?,
-        hub: hub?.1?,
+        gateway: gateway_config?,
+        hub: hub_config?,
         devices: devices?,
         files: sink.sources.files.clone(),
     })
-}
-
-impl Section<'_> {
-    fn clone_ref(&self) -> Self {
-        Section {
-            table: self.table,
-            pos: self.pos,
-            context: self.context.clone(),
-            prefix: self.prefix.clone(),
-        }
-    }
 }
 
 /// Checks an identity id and returns it.
@@ -774,7 +749,7 @@ const DEVICE_KEYS: &[&str] = &["id", "history", "history_max_bytes", "history_ma
 fn devices(
     root: &Table,
     defaults: &AuthDefaults,
-    gateway: Option<&GatewayConfig>,
+    gateway_id: Option<(&str, Pos)>,
     sink: &mut Sink<'_>,
 ) -> Option<Vec<DeviceConfig>> {
     let Some(entry) = root.get("device") else {
@@ -810,12 +785,7 @@ fn devices(
             Some(id) => format!("device {id:?}"),
             None => format!("device #{}", n + 1),
         };
-        let section = Section {
-            table,
-            pos: item.pos,
-            context,
-            prefix: String::new(),
-        };
+        let section = Section::new(table, item.pos, &context);
         let device = device(&section, defaults, sink);
         if let Some((id, pos)) = table
             .get("id")
@@ -835,17 +805,15 @@ fn devices(
             } else {
                 first_seen.insert(id, pos);
             }
-            if let Some(gw) = gateway
-                && gw.id == id
+            if let Some((gateway_id, gateway_pos)) = gateway_id
+                && gateway_id == id
             {
+                let at = sink.sources.location(gateway_pos);
                 sink.push(
                     pos,
                     &section.context,
                     "id",
-                    format!(
-                        "a device cannot have the gateway's id (set at {})",
-                        gw.defined_at
-                    ),
+                    format!("a device cannot have the gateway's id (set at {at})"),
                 );
                 ok = false;
             }
