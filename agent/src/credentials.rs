@@ -58,8 +58,14 @@ pub fn resolve(
     config: &Config,
     credentials_dir: Option<&Path>,
 ) -> Result<Vec<Identity>, ConfigErrors> {
+    let base_dir = config
+        .files
+        .first()
+        .and_then(|f| f.parent())
+        .unwrap_or(Path::new(""));
     let mut resolver = Resolver {
         credentials_dir,
+        base_dir,
         errors: Vec::new(),
         keys_files: HashMap::new(),
         group_keys: HashMap::new(),
@@ -135,6 +141,9 @@ type KeysFile = HashMap<String, Option<Secret>>;
 
 struct Resolver<'a> {
     credentials_dir: Option<&'a Path>,
+    /// The configuration directory: files below it are shown relative to it, as in
+    /// configuration errors.
+    base_dir: &'a Path,
     errors: Vec<ConfigError>,
     /// Loaded keys files; `None` when unusable (reported once).
     keys_files: HashMap<PathBuf, Option<KeysFile>>,
@@ -266,10 +275,14 @@ impl Resolver<'_> {
         let text = self.read_key_file(file, "", "keys_file")?;
         let (table, syntax) = toml::de::DeTable::parse_recoverable(&text);
         let index = crate::config::line_index(&text);
+        let shown = match file.path.strip_prefix(self.base_dir) {
+            Ok(relative) if !self.base_dir.as_os_str().is_empty() => relative.to_path_buf(),
+            _ => file.path.clone(),
+        };
         let location = |offset: usize| {
             let (line, column) = index.line_col(offset);
             Location {
-                file: file.path.clone(),
+                file: shown.clone(),
                 line,
                 column,
             }
