@@ -58,8 +58,14 @@ pub fn resolve(
     config: &Config,
     credentials_dir: Option<&Path>,
 ) -> Result<Vec<Identity>, ConfigErrors> {
+    let base_dir = config
+        .files
+        .first()
+        .and_then(|f| f.parent())
+        .unwrap_or(Path::new(""));
     let mut resolver = Resolver {
         credentials_dir,
+        base_dir,
         errors: Vec::new(),
         keys_files: HashMap::new(),
         group_keys: HashMap::new(),
@@ -135,6 +141,9 @@ type KeysFile = HashMap<String, Option<Secret>>;
 
 struct Resolver<'a> {
     credentials_dir: Option<&'a Path>,
+    /// The configuration directory: files below it are shown relative to it, as in
+    /// configuration errors.
+    base_dir: &'a Path,
     errors: Vec<ConfigError>,
     /// Loaded keys files; `None` when unusable (reported once).
     keys_files: HashMap<PathBuf, Option<KeysFile>>,
@@ -228,7 +237,7 @@ impl Resolver<'_> {
             self.error(Some(at.clone()), context, "", message);
             return None;
         };
-        let keys = self.keys_file(file, context)?;
+        let keys = self.keys_file(file)?;
         match keys.get(id) {
             Some(Some(key)) => Some(Credential::SymmetricKey(key.clone())),
             Some(None) => None, // reported with the keys file's line
@@ -254,22 +263,26 @@ impl Resolver<'_> {
     }
 
     /// Reads a keys file once; `None` (reported) if unusable.
-    fn keys_file(&mut self, file: &FileSetting, context: &str) -> Option<&KeysFile> {
+    fn keys_file(&mut self, file: &FileSetting) -> Option<&KeysFile> {
         if !self.keys_files.contains_key(&file.path) {
-            let loaded = self.load_keys_file(file, context);
+            let loaded = self.load_keys_file(file);
             self.keys_files.insert(file.path.clone(), loaded);
         }
         self.keys_files[&file.path].as_ref()
     }
 
-    fn load_keys_file(&mut self, file: &FileSetting, context: &str) -> Option<KeysFile> {
-        let text = self.read_key_file(file, context, "keys_file")?;
+    fn load_keys_file(&mut self, file: &FileSetting) -> Option<KeysFile> {
+        let text = self.read_key_file(file, "", "keys_file")?;
         let (table, syntax) = toml::de::DeTable::parse_recoverable(&text);
         let index = crate::config::line_index(&text);
+        let shown = match file.path.strip_prefix(self.base_dir) {
+            Ok(relative) if !self.base_dir.as_os_str().is_empty() => relative.to_path_buf(),
+            _ => file.path.clone(),
+        };
         let location = |offset: usize| {
             let (line, column) = index.line_col(offset);
             Location {
-                file: file.path.clone(),
+                file: shown.clone(),
                 line,
                 column,
             }
@@ -352,12 +365,12 @@ impl Resolver<'_> {
         };
         if !self.group_keys.contains_key(&file.path) {
             let key = self
-                .read_key_file(file, context, "group_key_file")
+                .read_key_file(file, "", "group_key_file")
                 .and_then(|text| {
                     decode_key(&text).or_else(|| {
                         self.error(
                             Some(file.defined_at.clone()),
-                            context,
+                            "",
                             "group_key_file",
                             format!("{}: not a valid base64 key", file.path.display()),
                         );

@@ -93,7 +93,13 @@ pub(super) fn load_texts(main: &Path, texts: &[(PathBuf, String)]) -> Result<Con
         sink.errors.extend(errors);
         tree::merge_root(&mut root, table);
     }
-    let config = validate(&root, &mut sink);
+    // A file with syntax errors yields a best-effort tree whose values may be placeholders:
+    // validating it would add confusing errors, so syntax errors are reported alone.
+    let config = if sink.errors.is_empty() {
+        validate(&root, &mut sink)
+    } else {
+        None
+    };
     let mut errors = sink.errors;
     errors.sort_by_key(|(pos, _)| *pos);
     match config {
@@ -132,6 +138,16 @@ struct Section<'t> {
 const EMPTY: &Table = &Table::new();
 
 impl<'t> Section<'t> {
+    /// A top-level section (`hub`) or an entry of an array of tables (`device "m"`).
+    fn new(table: &'t Table, pos: Pos, context: &str) -> Self {
+        Self {
+            table,
+            pos,
+            context: context.to_owned(),
+            prefix: String::new(),
+        }
+    }
+
     fn field(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -257,12 +273,20 @@ impl<'t> Section<'t> {
         }
     }
 
-    fn integer(&self, key: &str, min: i64, max: i64, sink: &mut Sink<'_>) -> Option<i64> {
+    /// An integer within `min..=max` (`what` describes the range).
+    fn integer(
+        &self,
+        key: &str,
+        min: i64,
+        max: i64,
+        what: &str,
+        sink: &mut Sink<'_>,
+    ) -> Option<i64> {
         let node = &self.get(key)?.node;
         match node.value {
             Value::Integer(Some(i)) if (min..=max).contains(&i) => Some(i),
             _ => {
-                self.wrong(sink, key, node, &format!("an integer from {min} to {max}"));
+                self.wrong(sink, key, node, what);
                 None
             }
         }
@@ -330,74 +354,39 @@ fn top_table<'t>(root: &'t Table, key: &str, sink: &mut Sink<'_>) -> Option<(&'t
 }
 
 fn validate(root: &Table, sink: &mut Sink<'_>) -> Option<Config> {
-    let top = Section {
-        table: root,
-        pos: START,
-        context: String::new(),
-        prefix: String::new(),
-    };
-    top.deny_unknown(&["gateway", "hub", "device"], sink);
+    Section::new(root, START, "").deny_unknown(&["gateway", "hub", "device"], sink);
 
-    let gateway = top_table(root, "gateway", sink);
-    if root.get("gateway").is_none() {
-        sink.push(
-            START,
-            "",
-            "gateway",
-            "missing table [gateway] (its id is required)",
-        );
-    }
-    let hub_table = top_table(root, "hub", sink);
-    if root.get("hub").is_none() {
-        sink.push(
-            START,
-            "",
-            "hub",
-            "missing table [hub] (its host is required)",
-        );
-    }
-    let hub = hub_table.map(|(table, pos)| {
-        let section = Section {
-            table,
-            pos,
-            context: "hub".to_owned(),
-            prefix: String::new(),
-        };
-        (section.clone_ref(), hub_config(&section, sink))
-    });
+    let section_of = |key: &str, why: &str, sink: &mut Sink<'_>| {
+        if root.get(key).is_none() {
+            sink.push(START, "", key, format!("missing table [{key}] ({why})"));
+        }
+        top_table(root, key, sink).map(|(table, pos)| Section::new(table, pos, key))
+    };
+    let gateway = section_of("gateway", "its id is required", sink);
+    let hub = section_of("hub", "its host is required", sink);
+
+    let hub_config = hub.as_ref().and_then(|hub| hub_config(hub, sink));
     let defaults = hub
         .as_ref()
-        .map(|(section, _)| auth_defaults(section, sink))
+        .map(|hub| auth_defaults(hub, sink))
         .unwrap_or_default();
-
-    let gateway = gateway.and_then(|(table, pos)| {
-        let section = Section {
-            table,
-            pos,
-            context: "gateway".to_owned(),
-            prefix: String::new(),
-        };
-        gateway_config(&section, &defaults, sink)
+    let gateway_config = gateway
+        .as_ref()
+        .and_then(|gateway| gateway_config(gateway, &defaults, sink));
+    // The raw id, so a device with the gateway's id is reported even if [gateway] has other
+    // errors.
+    let gateway_id = gateway.as_ref().and_then(|g| {
+        let entry = g.get("id")?;
+        Some((entry.node.value.as_str()?, entry.node.pos))
     });
-    let devices = devices(root, &defaults, gateway.as_ref(), sink);
+    let devices = devices(root, &defaults, gateway_id, sink);
 
     Some(Config {
-        gateway: gateway?,
-        hub: hub?.1?,
+        gateway: gateway_config?,
+        hub: hub_config?,
         devices: devices?,
         files: sink.sources.files.clone(),
     })
-}
-
-impl Section<'_> {
-    fn clone_ref(&self) -> Self {
-        Section {
-            table: self.table,
-            pos: self.pos,
-            context: self.context.clone(),
-            prefix: self.prefix.clone(),
-        }
-    }
 }
 
 /// Checks an identity id and returns it.
@@ -585,7 +574,7 @@ fn hub_config(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<HubConfig> {
         },
     };
     let port = section
-        .integer("port", 1, 65535, sink)
+        .integer("port", 1, 65535, "a port number from 1 to 65535", sink)
         .map(|p| u16::try_from(p).expect("range checked"));
     let transport = section
         .choice("transport", &["mqtt", "mqtt-ws"], sink)
@@ -760,7 +749,7 @@ const DEVICE_KEYS: &[&str] = &["id", "history", "history_max_bytes", "history_ma
 fn devices(
     root: &Table,
     defaults: &AuthDefaults,
-    gateway: Option<&GatewayConfig>,
+    gateway_id: Option<(&str, Pos)>,
     sink: &mut Sink<'_>,
 ) -> Option<Vec<DeviceConfig>> {
     let Some(entry) = root.get("device") else {
@@ -796,12 +785,7 @@ fn devices(
             Some(id) => format!("device {id:?}"),
             None => format!("device #{}", n + 1),
         };
-        let section = Section {
-            table,
-            pos: item.pos,
-            context,
-            prefix: String::new(),
-        };
+        let section = Section::new(table, item.pos, &context);
         let device = device(&section, defaults, sink);
         if let Some((id, pos)) = table
             .get("id")
@@ -821,17 +805,15 @@ fn devices(
             } else {
                 first_seen.insert(id, pos);
             }
-            if let Some(gw) = gateway
-                && gw.id == id
+            if let Some((gateway_id, gateway_pos)) = gateway_id
+                && gateway_id == id
             {
+                let at = sink.sources.location(gateway_pos);
                 sink.push(
                     pos,
                     &section.context,
                     "id",
-                    format!(
-                        "a device cannot have the gateway's id (set at {})",
-                        gw.defined_at
-                    ),
+                    format!("a device cannot have the gateway's id (set at {at})"),
                 );
                 ok = false;
             }
@@ -856,7 +838,13 @@ fn device(
     let every_change = section.choice("history", &["latest", "every-change"], sink);
     let history_ok = every_change.is_some() || section.get("history").is_none();
     let every_change = every_change.is_some_and(|(h, _)| h == "every-change");
-    let max_bytes = section.integer("history_max_bytes", 1, i64::MAX, sink);
+    let max_bytes = section.integer(
+        "history_max_bytes",
+        1,
+        i64::MAX,
+        "a positive number of bytes",
+        sink,
+    );
     let max_age = section.duration("history_max_age", Duration::from_nanos(1), sink);
     let mut ok = history_ok;
     if history_ok && !every_change {

@@ -318,7 +318,7 @@ mod tests {
     fn parse(text: &str, file: usize) -> Table {
         let sources = Sources {
             base_dir: PathBuf::from("/etc/twinbridge"),
-            files: vec![PathBuf::from("/etc/twinbridge/config.toml"); 3],
+            files: vec![PathBuf::from("/etc/twinbridge/config.toml"); 8],
         };
         let (table, errors) = parse_file(text, file, &sources);
         assert!(errors.is_empty(), "{errors:?}");
@@ -438,5 +438,97 @@ mod tests {
         assert!(!errors.is_empty());
         let shown = errors[0].1.to_string();
         assert!(shown.starts_with("config.d/10-x.toml:2:"), "{shown}");
+    }
+
+    mod properties {
+        use std::collections::BTreeMap;
+        use std::fmt::Write as _;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One drop-in: devices with distinct ids (0..4), each maybe setting `a` and `b`.
+        fn file() -> impl Strategy<Value = Vec<(usize, Option<i64>, Option<i64>)>> {
+            proptest::collection::btree_map(
+                0usize..4,
+                (any::<Option<i64>>(), any::<Option<i64>>()),
+                0..4,
+            )
+            .prop_map(|m| m.into_iter().map(|(id, (a, b))| (id, a, b)).collect())
+            .prop_shuffle()
+        }
+
+        fn render(devices: &[(usize, Option<i64>, Option<i64>)]) -> String {
+            let mut text = String::new();
+            for (id, a, b) in devices {
+                writeln!(text, "[[device]]\nid = \"d{id}\"").unwrap();
+                if let Some(a) = a {
+                    writeln!(text, "a = {a}").unwrap();
+                }
+                if let Some(b) = b {
+                    writeln!(text, "b = {b}").unwrap();
+                }
+            }
+            text
+        }
+
+        proptest! {
+            /// Devices keep the order of their first definition; each field holds the value
+            /// (and the file) of the last file that set it.
+            #[test]
+            fn merged_devices_are_first_seen_order_with_last_writer_fields(
+                files in proptest::collection::vec(file(), 1..5)
+            ) {
+                let mut root = Table::new();
+                for (n, devices) in files.iter().enumerate() {
+                    merge_root(&mut root, parse(&render(devices), n));
+                }
+                let mut order = Vec::new();
+                let mut expected: BTreeMap<String, BTreeMap<&str, (i64, usize)>> = BTreeMap::new();
+                for (n, devices) in files.iter().enumerate() {
+                    for (id, a, b) in devices {
+                        let id = format!("d{id}");
+                        if !order.contains(&id) {
+                            order.push(id.clone());
+                        }
+                        let fields = expected.entry(id).or_default();
+                        for (key, value) in [("a", a), ("b", b)] {
+                            if let Some(v) = value {
+                                fields.insert(key, (*v, n));
+                            }
+                        }
+                    }
+                }
+                let merged = match root.get("device").map(|e| &e.node.value) {
+                    Some(Value::Array(items)) => items.clone(),
+                    _ => Vec::new(),
+                };
+                let ids: Vec<String> = merged.iter().map(|d| key_of(d, "id").unwrap().to_owned()).collect();
+                prop_assert_eq!(&ids, &order);
+                for device in &merged {
+                    let table = device.value.as_table().unwrap();
+                    let fields = &expected[key_of(device, "id").unwrap()];
+                    for key in ["a", "b"] {
+                        let got = table.get(key).map(|e| match e.node.value {
+                            Value::Integer(Some(v)) => (v, e.node.pos.file),
+                            ref other => panic!("{other:?}"),
+                        });
+                        prop_assert_eq!(got, fields.get(key).copied());
+                    }
+                }
+            }
+
+            /// Line and column agree with counting newlines and characters.
+            #[test]
+            fn line_col_counts_newlines_and_characters(text in "(a|é|\n|x){0,40}", cut in 0usize..40) {
+                let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
+                let offset = boundaries[cut % boundaries.len()];
+                let before = &text[..offset];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap().chars().count() + 1;
+                prop_assert_eq!(LineIndex::new(&text).line_col(offset), (line as u32, column as u32));
+            }
+        }
     }
 }
