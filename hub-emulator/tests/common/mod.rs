@@ -389,12 +389,15 @@ pub fn tls_client(ca: rustls::pki_types::CertificateDer<'static>) -> Arc<rustls:
 pub struct Binary {
     pub child: tokio::process::Child,
     pub mqtt: SocketAddr,
+    pub ws: Option<SocketAddr>,
     pub service: Option<SocketAddr>,
     pub control: Option<SocketAddr>,
+    /// The listening line as printed.
+    pub line: String,
 }
 
 /// Starts the binary with `args` plus ephemeral loopback ports, and parses its
-/// `listening mqtt=… tls=… service=… control=…` line.
+/// `listening mqtt=… tls=… ws=… service=… control=…` line.
 pub async fn spawn_binary(args: &[&str]) -> Binary {
     use tokio::io::AsyncBufReadExt as _;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hub-emulator"))
@@ -425,8 +428,10 @@ pub async fn spawn_binary(args: &[&str]) -> Binary {
     };
     Binary {
         mqtt: field("mqtt").unwrap_or_else(|| panic!("no mqtt address in {line:?}")),
+        ws: field("ws"),
         service: field("service"),
         control: field("control"),
+        line,
         child,
     }
 }
