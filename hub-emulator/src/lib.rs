@@ -17,6 +17,7 @@
 //! ```
 
 pub mod control;
+pub mod iothub_error;
 pub mod mqtt;
 pub mod query;
 pub mod rules;

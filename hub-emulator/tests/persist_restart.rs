@@ -124,3 +124,25 @@ async fn restart_on_the_same_addresses() {
         json!({"n": 1, "$version": 2})
     );
 }
+
+/// A reported PATCH whose state-file write fails is answered 500 with IoT Hub's error body
+/// (an SDK then retries instead of taking it for a success).
+#[tokio::test]
+async fn a_failed_state_write_is_answered_as_a_server_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hub-state.json");
+    let emu = start(|c| c.state_file = Some(state.clone())).await;
+    let mut dev = connect(&emu, "d1").await;
+    assert_eq!(dev.patch_reported(&json!({"t": 1})).await.status, 204);
+    // The atomic write goes through `{state}.tmp`: a directory there makes it fail.
+    std::fs::create_dir(dir.path().join("hub-state.json.tmp")).unwrap();
+    let r = dev.patch_reported(&json!({"t": 2})).await;
+    common::assert_iothub_error(&r, 500_001);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("hub-state.json"),
+        "{r:?}"
+    );
+}
