@@ -40,6 +40,9 @@ use crate::state::{
     CloseReason, DeviceIdentity, Hub, HubError, HubSettings, SharedState, now_epoch_secs,
 };
 
+/// How long [`RunningEmulator::shutdown`] waits for device sessions to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// The `api-version` the emulator puts in usernames it builds (any value is accepted).
 pub const API_VERSION: &str = "2021-04-12";
 
@@ -329,15 +332,24 @@ impl RunningEmulator {
     }
 
     /// Stops accepting, closes every device connection and waits for the listeners to end.
-    /// State is persisted on every change, so nothing is lost.
+    /// State is persisted on every change, and activity times once more here, so nothing is
+    /// lost.
     pub async fn shutdown(mut self) {
         self.hub.drop_connections(None, CloseReason::Shutdown);
+        // Let the sessions unregister themselves (each writes its disconnect time) before they
+        // are aborted: an aborted session would do so later, after a restarted emulator may
+        // already have loaded the state file. Bounded: a session stuck in a write is aborted.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while !self.hub.connected_devices().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         for task in &self.tasks {
             task.abort();
         }
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+        self.hub.persist_activity();
     }
 }
 

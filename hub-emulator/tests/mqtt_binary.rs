@@ -129,7 +129,6 @@ fn bad_registry_file_fails_with_its_name() {
             "--registry",
             path.to_str().unwrap(),
             "--mqtt-bind",
-            "--ws-bind",
             "127.0.0.1:0",
             "--no-service",
             "--no-control",
