@@ -183,7 +183,7 @@ mod tests {
             patch_result(&raw(
                 429,
                 None,
-                &json!({"errorCode": 429001, "message": "throttled"})
+                &json!({"errorCode": 429_001, "message": "throttled"})
             )),
             Err(RequestError::Status {
                 status: 429,

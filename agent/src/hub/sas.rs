@@ -75,6 +75,24 @@ mod tests {
     const KNOWN_TOKEN: &str = "SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fdev-1&sig=l7%2Fu96NiMH3c2q8ND0vSv7AgtbSZO7bj2kWfUIF7ugw%3D&se=1700000000";
 
     #[test]
+    fn the_emulator_accepts_our_tokens() {
+        // An independent reading of the same spec (hub-emulator's verifier).
+        for (host, id) in [
+            ("h.example", "d1"),
+            ("hub.example", "dev with space+plus/é"),
+        ] {
+            let token = device_token(host, id, KEY, 2_000_000_000).expect("valid key");
+            let claims = hub_emulator::sas::verify(&token, host, id, &[KEY], 1_900_000_000)
+                .expect("the emulator accepts the token");
+            assert_eq!(claims.expiry_epoch_secs, 2_000_000_000);
+            assert_eq!(claims.resource, format!("{host}/devices/{id}"));
+        }
+        let other = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+        let token = device_token("h", "d1", other, 2_000_000_000).expect("valid key");
+        assert!(hub_emulator::sas::verify(&token, "h", "d1", &[KEY], 1).is_err());
+    }
+
+    #[test]
     fn username_format() {
         assert_eq!(
             username("h.example", "d1"),

@@ -270,10 +270,13 @@ pub async fn set_desired(emu: &RunningEmulator, device_id: &str, desired: &Value
 /// A tiny HTTP CONNECT proxy: accepts, reads `CONNECT host:port HTTP/1.1` and its headers,
 /// dials the target, answers 200 and copies both ways. Counts the tunnels it opened and
 /// remembers the targets and `Proxy-Authorization` headers it saw.
+/// What a proxy saw per tunnel request: the `CONNECT` target and `Proxy-Authorization`.
+pub type ProxyLog = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub tunnels: Arc<AtomicUsize>,
-    pub seen: Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+    pub seen: ProxyLog,
     task: tokio::task::JoinHandle<()>,
 }
 
