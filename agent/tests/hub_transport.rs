@@ -39,10 +39,13 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn x509_identity_authenticates_by_certificate() {
     let ck = rcgen::generate_simple_self_signed(vec!["x509-dev".to_owned()]).expect("cert");
-    let thumbprint: String = sha2::Sha256::digest(ck.cert.der())
+    let thumbprint = sha2::Sha256::digest(ck.cert.der())
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+        .fold(String::new(), |mut s, b| {
+            use std::fmt::Write as _;
+            write!(s, "{b:02x}").expect("writing to a String cannot fail");
+            s
+        });
     let hub = start_hub_with(&[], |c| {
         let mut id = DeviceIdentity::new("x509-dev", KEY_A, KEY_B);
         id.thumbprint = Some(thumbprint);
