@@ -339,3 +339,75 @@ async fn connects_are_paced() {
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(790), "{elapsed:?}");
 }
+
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_answer() {
+    let hub = start_hub(&["d1"]).await;
+    let mut s = link(&hub).spawn("d1", key_a());
+    connected(&mut s.events).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let h = s.handle.clone();
+            tokio::spawn(async move {
+                let rid = h.next_request_id();
+                h.patch_reported(&rid, &json!({ format!("k{i}"): i })).await
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.expect("task").expect("PATCH answered"));
+    }
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), 20, "every PATCH got its own version");
+    let twin = s.handle.get_twin().await.expect("GET");
+    assert_eq!(
+        twin.reported.as_object().map(serde_json::Map::len),
+        Some(20)
+    );
+    assert_eq!(
+        twin.reported_version,
+        *versions.last().expect("20 versions")
+    );
+}
+
+#[tokio::test]
+async fn unread_events_do_not_block_requests() {
+    let hub = start_hub(&["d1"]).await;
+    let mut s = link(&hub).spawn("d1", key_a());
+    connected(&mut s.events).await;
+    // More notifications than the event channel holds, none read yet.
+    let n = twinbridge::hub::session::EVENT_CHANNEL + 16;
+    let mut last = 0;
+    for i in 0..n {
+        let t = set_desired(&hub.emu, "d1", &json!({ "sp": i })).await;
+        last = t["properties"]["desired"]["$version"]
+            .as_i64()
+            .expect("version");
+    }
+    eventually("every notification sent", || async {
+        counter(&hub.emu, "desired_notifications").await >= n as u64
+    })
+    .await;
+    // The session still answers requests while its events wait.
+    let twin = s
+        .handle
+        .get_twin()
+        .await
+        .expect("GET with a full event channel");
+    assert_eq!(twin.desired_version, last);
+    // And nothing was lost or reordered.
+    let mut versions = Vec::new();
+    for i in 0..n {
+        match next_event(&mut s.events).await {
+            SessionEvent::Desired { patch, version } => {
+                assert_eq!(patch, json!({ "sp": i }));
+                versions.push(version);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    assert_eq!(versions.last(), Some(&last));
+}
