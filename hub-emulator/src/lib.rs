@@ -8,7 +8,7 @@
 //! let mut config = Config::ephemeral();
 //! config.devices.push(DeviceIdentity::new("meter-01", DeviceIdentity::random_key(), DeviceIdentity::random_key()));
 //! let hub = Emulator::start(config).await?;
-//! println!("MQTT on {}", hub.mqtt_addr());
+//! println!("MQTT on {}, over WebSocket on {:?}", hub.mqtt_addr(), hub.ws_addr());
 //! let password = hub.device_token("meter-01", 3600).expect("registered above");
 //! let username = hub.username("meter-01");
 //! # let _ = (password, username);
@@ -17,6 +17,7 @@
 //! ```
 
 pub mod control;
+pub mod iothub_error;
 pub mod mqtt;
 pub mod query;
 pub mod rules;
@@ -39,6 +40,9 @@ use crate::state::{
     CloseReason, DeviceIdentity, Hub, HubError, HubSettings, SharedState, now_epoch_secs,
 };
 
+/// How long [`RunningEmulator::shutdown`] waits for device sessions to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// The `api-version` the emulator puts in usernames it builds (any value is accepted).
 pub const API_VERSION: &str = "2021-04-12";
 
@@ -50,8 +54,11 @@ pub struct Config {
     pub hostname: String,
     /// Device MQTT listener.
     pub mqtt_bind: SocketAddr,
-    /// TLS for the MQTT listener; `None` = plain TCP.
+    /// TLS for the MQTT and WebSocket listeners; `None` = plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Device MQTT over WebSocket listener (upgrade on `/$iothub/websocket`, subprotocol
+    /// `mqtt`; TLS when [`Config::tls`] is set); `None` = not started.
+    pub ws_bind: Option<SocketAddr>,
     /// Service REST API listener; `None` = not started.
     pub service_bind: Option<SocketAddr>,
     /// Control endpoint listener; `None` = not started.
@@ -78,6 +85,7 @@ impl Config {
             hostname: "127.0.0.1".into(),
             mqtt_bind: any,
             tls: None,
+            ws_bind: Some(any),
             service_bind: Some(any),
             control_bind: Some(any),
             devices: Vec::new(),
@@ -185,7 +193,19 @@ impl Emulator {
             mqtt,
             hub.clone(),
             config.tls.clone(),
+            mqtt::Transport::Raw,
         ))];
+        let mut ws_addr = None;
+        if let Some(addr) = config.ws_bind {
+            let listener = bind("WebSocket", addr).await?;
+            ws_addr = Some(local_addr(&listener, "WebSocket", addr)?);
+            tasks.push(tokio::spawn(mqtt::accept_loop(
+                listener,
+                hub.clone(),
+                config.tls.clone(),
+                mqtt::Transport::WebSocket,
+            )));
+        }
 
         let mut service_addr = None;
         if let Some(addr) = config.service_bind {
@@ -202,6 +222,7 @@ impl Emulator {
         Ok(RunningEmulator {
             hub,
             mqtt_addr,
+            ws_addr,
             tls: config.tls.is_some(),
             service_addr,
             control_addr,
@@ -234,6 +255,7 @@ fn serve_http(listener: TcpListener, router: axum::Router) -> JoinHandle<()> {
 pub struct RunningEmulator {
     hub: SharedState,
     mqtt_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
     tls: bool,
     service_addr: Option<SocketAddr>,
     control_addr: Option<SocketAddr>,
@@ -251,7 +273,13 @@ impl RunningEmulator {
         self.mqtt_addr
     }
 
-    /// Whether the MQTT listener speaks TLS.
+    /// The bound MQTT over WebSocket address, if started. Devices connect to
+    /// `wss://HOST:PORT/$iothub/websocket` (`ws://` without TLS) with subprotocol `mqtt`.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// Whether the MQTT and WebSocket listeners speak TLS.
     pub fn is_tls(&self) -> bool {
         self.tls
     }
@@ -289,28 +317,39 @@ impl RunningEmulator {
     }
 
     /// The startup line the binary prints:
-    /// `listening mqtt=ADDR tls=BOOL service=ADDR|off control=ADDR|off`.
+    /// `listening mqtt=ADDR tls=BOOL ws=ADDR|off service=ADDR|off control=ADDR|off`
+    /// (space-separated `key=value` fields; readers should look fields up by key).
     pub fn listening_line(&self) -> String {
         let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
         format!(
-            "listening mqtt={} tls={} service={} control={}",
+            "listening mqtt={} tls={} ws={} service={} control={}",
             self.mqtt_addr,
             self.tls,
+            show(self.ws_addr),
             show(self.service_addr),
             show(self.control_addr)
         )
     }
 
     /// Stops accepting, closes every device connection and waits for the listeners to end.
-    /// State is persisted on every change, so nothing is lost.
+    /// State is persisted on every change, and activity times once more here, so nothing is
+    /// lost.
     pub async fn shutdown(mut self) {
         self.hub.drop_connections(None, CloseReason::Shutdown);
+        // Let the sessions unregister themselves (each writes its disconnect time) before they
+        // are aborted: an aborted session would do so later, after a restarted emulator may
+        // already have loaded the state file. Bounded: a session stuck in a write is aborted.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while !self.hub.connected_devices().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         for task in &self.tasks {
             task.abort();
         }
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+        self.hub.persist_activity();
     }
 }
 

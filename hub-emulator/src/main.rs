@@ -14,7 +14,8 @@ use hub_emulator::{Config, Emulator, load_registry_file, sas, tls};
 /// (twins, devices, queries), plus a control endpoint for fault injection and counters.
 ///
 /// On start it prints one line to stdout:
-/// `listening mqtt=ADDR tls=BOOL service=ADDR|off control=ADDR|off` (ports resolved when 0).
+/// `listening mqtt=ADDR tls=BOOL ws=ADDR|off service=ADDR|off control=ADDR|off` (ports
+/// resolved when 0).
 #[derive(Debug, Parser)]
 #[command(name = "hub-emulator", version, about, long_about)]
 struct Cli {
@@ -36,7 +37,13 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     mqtt_bind: Option<SocketAddr>,
 
-    /// PEM certificate chain for MQTT over TLS (needs --tls-key).
+    /// Also serve MQTT over WebSocket on this address, as IoT Hub does on port 443: upgrade on
+    /// `/$iothub/websocket`, subprotocol `mqtt`, over TLS when --tls-cert is given. Port 0
+    /// picks a free port. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    ws_bind: Option<SocketAddr>,
+
+    /// PEM certificate chain for MQTT over TLS (and WebSocket over TLS) (needs --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
@@ -130,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
             .mqtt_bind
             .unwrap_or_else(|| default_mqtt_bind(tls.is_some())),
         tls,
+        ws_bind: cli.ws_bind,
         service_bind: (!cli.no_service).then_some(cli.service_bind),
         control_bind: (!cli.no_control).then_some(cli.control_bind),
         devices,

@@ -492,6 +492,12 @@ struct PersistedDevice {
     #[serde(default = "one")]
     identity_version: u64,
     twin: Twin,
+    /// `lastActivityTime`, kept across restarts as IoT Hub keeps it (absent: never active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_activity: Option<String>,
+    /// `connectionStateUpdatedTime`, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connection_state_updated: Option<String>,
 }
 
 fn one() -> u64 {
@@ -966,6 +972,8 @@ impl Hub {
         let now = now_rfc3339();
         dev.last_activity = Some(now.clone());
         dev.connection_state_updated = Some(now);
+        drop(inner);
+        self.persist_activity();
         Ok(Connection {
             conn_id,
             events,
@@ -989,6 +997,7 @@ impl Hub {
     }
 
     /// Unregisters a connection; a no-op if a newer connection has replaced it.
+    /// Activity and connection times since the last state-file write are written then.
     pub fn disconnect(&self, device_id: &str, conn_id: u64) {
         let mut inner = self.lock();
         if let Some(dev) = inner.devices.get_mut(device_id)
@@ -999,6 +1008,8 @@ impl Hub {
         {
             dev.connection = None;
             dev.connection_state_updated = Some(now_rfc3339());
+            drop(inner);
+            self.persist_activity();
         }
     }
 
@@ -1094,6 +1105,20 @@ impl Hub {
 
     // ----- persistence ----------------------------------------------------------------------
 
+    /// Persists activity times (`lastActivityTime`, `connectionStateUpdatedTime`), as at a
+    /// connect, a disconnect and shutdown. They change on every packet, so they are written at
+    /// those moments and with every other change rather than per packet; a failed write is
+    /// logged, not fatal (the next write catches up).
+    pub fn persist_activity(&self) {
+        if self.settings.state_file.is_none() {
+            return;
+        }
+        self.lock().generation += 1;
+        if let Err(e) = self.persist() {
+            tracing::warn!(error = %e, "persisting device activity times failed");
+        }
+    }
+
     /// Writes registry and twins to the state file (tmp + rename), if one is configured.
     /// Called after every change; an older snapshot never overwrites a newer one.
     pub fn persist(&self) -> Result<(), HubError> {
@@ -1110,6 +1135,8 @@ impl Hub {
                         identity: d.identity.clone(),
                         identity_version: d.identity_version,
                         twin: d.twin.clone(),
+                        last_activity: d.last_activity.clone(),
+                        connection_state_updated: d.connection_state_updated.clone(),
                     })
                     .collect(),
             };
@@ -1280,8 +1307,8 @@ fn load_state(path: &Path) -> Result<BTreeMap<String, Device>, HubError> {
                     twin: d.twin,
                     connection: None,
                     session: None,
-                    last_activity: None,
-                    connection_state_updated: None,
+                    last_activity: d.last_activity,
+                    connection_state_updated: d.connection_state_updated,
                 },
             )
         })

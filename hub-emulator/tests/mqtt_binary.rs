@@ -102,6 +102,7 @@ fn help_documents_every_flag() {
         "--registry",
         "--hostname",
         "--mqtt-bind",
+        "--ws-bind",
         "--tls-cert",
         "--tls-key",
         "--service-bind",

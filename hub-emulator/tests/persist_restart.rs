@@ -124,3 +124,85 @@ async fn restart_on_the_same_addresses() {
         json!({"n": 1, "$version": 2})
     );
 }
+
+/// A reported PATCH whose state-file write fails is answered 500 with IoT Hub's error body
+/// (an SDK then retries instead of taking it for a success).
+#[tokio::test]
+async fn a_failed_state_write_is_answered_as_a_server_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hub-state.json");
+    let emu = start(|c| c.state_file = Some(state.clone())).await;
+    let mut dev = connect(&emu, "d1").await;
+    assert_eq!(dev.patch_reported(&json!({"t": 1})).await.status, 204);
+    // The atomic write goes through `{state}.tmp`: a directory there makes it fail.
+    std::fs::create_dir(dir.path().join("hub-state.json.tmp")).unwrap();
+    let r = dev.patch_reported(&json!({"t": 2})).await;
+    common::assert_iothub_error(&r, 500_001);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("hub-state.json"),
+        "{r:?}"
+    );
+}
+
+/// `lastActivityTime` (and `connectionStateUpdatedTime`) outlive a restart, as in IoT Hub,
+/// instead of going back to "never".
+#[tokio::test]
+async fn last_activity_time_survives_a_restart() {
+    const NEVER: &str = "0001-01-01T00:00:00Z";
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hub-state.json");
+    let restart = || {
+        let mut config = Config::ephemeral();
+        config.state_file = Some(state.clone());
+        Emulator::start(config)
+    };
+    let time = |v: &serde_json::Value| {
+        humantime::parse_rfc3339(v.as_str().unwrap()).unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+
+    // d1 is active, then disconnects before the restart.
+    let emu = start(|c| c.state_file = Some(state.clone())).await;
+    let mut dev = connect(&emu, "d1").await;
+    assert_eq!(dev.get_twin().await.status, 200);
+    drop(dev);
+    common::eventually("d1 disconnected", || !emu.hub().is_connected("d1")).await;
+    let device = emu.hub().device_json("d1").unwrap();
+    let (active, state_changed) = (
+        device["lastActivityTime"].clone(),
+        device["connectionStateUpdatedTime"].clone(),
+    );
+    assert_ne!(active, NEVER);
+    assert_ne!(state_changed, NEVER);
+    emu.shutdown().await;
+
+    let emu = restart().await.unwrap();
+    let device = emu.hub().device_json("d1").unwrap();
+    assert_eq!(device["lastActivityTime"], active);
+    assert_eq!(device["connectionStateUpdatedTime"], state_changed);
+    assert_eq!(
+        emu.hub().twin_json("d1").unwrap()["lastActivityTime"],
+        active
+    );
+    // A device that never connected is still "never".
+    assert_eq!(
+        emu.hub().twin_json("d2").unwrap()["lastActivityTime"],
+        NEVER
+    );
+
+    // d1 still connected at shutdown: its activity up to then is kept.
+    let mut dev = connect(&emu, "d1").await;
+    assert_eq!(dev.get_twin().await.status, 200);
+    let seen = emu.hub().twin_json("d1").unwrap()["lastActivityTime"].clone();
+    assert!(time(&seen) > time(&active), "{seen} after {active}");
+    emu.shutdown().await;
+    let emu = restart().await.unwrap();
+    let kept = emu.hub().twin_json("d1").unwrap()["lastActivityTime"].clone();
+    assert!(time(&kept) >= time(&seen), "{kept} before {seen}");
+    assert_eq!(
+        emu.hub().twin_json("d1").unwrap()["connectionState"],
+        "Disconnected"
+    );
+}

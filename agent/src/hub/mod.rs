@@ -1,7 +1,7 @@
 //! The hub link: one MQTT 3.1.1 session per identity to Azure IoT Hub (or `hub-emulator`).
 //!
-//! INTERFACE SKELETON — the bodies marked `todo!` are being written; the types and signatures
-//! are the contract between this module and `sync` (the driver) / `service` (start-up).
+//! The types and signatures here are the contract between this module and `sync` (the
+//! driver) / `service` (start-up).
 //!
 //! - [`HubLink`] holds what all sessions of a gateway share: the link settings, the TLS
 //!   client configuration (built once), the gateway-wide [`Pacing`] and the wall clock.
@@ -16,17 +16,23 @@
 //!   `$rid`. The *caller* (the sync driver) decides when to GET and PATCH and draws on
 //!   `Pacing::gets` / `Pacing::updates` itself.
 
-#![allow(clippy::unused_async, clippy::todo)] // skeleton: removed when the bodies land
-
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use device_protocols::backoff::BackoffConfig;
+use rustls::{ClientConfig, RootCertStore};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+pub mod clock;
 pub mod pace;
+pub mod response;
+pub mod sas;
+pub mod session;
+pub mod tls;
+pub mod topics;
 
 pub use pace::RateLimiter;
 
@@ -283,6 +289,9 @@ pub enum LinkError {
     /// The CA file, a client certificate or the TLS configuration is unusable.
     #[error("{0}")]
     Tls(String),
+    /// A credential is unusable (e.g. a symmetric key that is not base64; never the key).
+    #[error("{0}")]
+    Credential(String),
 }
 
 /// What every session of a gateway shares.
@@ -290,14 +299,22 @@ pub enum LinkError {
 pub struct HubLink {
     settings: Arc<LinkSettings>,
     pacing: Pacing,
+    /// The trusted roots (system + `ca_file`), read once.
+    roots: Arc<RootCertStore>,
+    /// TLS without a client certificate (SAS identities), built once.
+    tls: Arc<ClientConfig>,
 }
 
 impl HubLink {
     /// Builds the shared link (reads the CA file and the system roots once).
     pub fn new(settings: LinkSettings, pacing: Pacing) -> Result<Self, LinkError> {
+        let roots = Arc::new(tls::root_store(settings.ca_file.as_deref())?);
+        let tls = tls::client_config(roots.clone())?;
         Ok(Self {
             settings: Arc::new(settings),
             pacing,
+            roots,
+            tls,
         })
     }
 
@@ -311,11 +328,42 @@ impl HubLink {
         &self.pacing
     }
 
+    /// Checks that a credential is usable before a session is spawned with it: a symmetric
+    /// key must be base64, an X.509 certificate and key must load and match. (A session
+    /// whose credential breaks later keeps retrying with backoff and logs why.)
+    pub fn check_credential(
+        &self,
+        device_id: &str,
+        credential: &Credential,
+    ) -> Result<(), LinkError> {
+        match credential {
+            Credential::SymmetricKey(key) => {
+                sas::device_token(&self.settings.host, device_id, key.expose(), 0)
+                    .map(drop)
+                    .map_err(|e| LinkError::Credential(e.to_string()))
+            }
+            Credential::X509 {
+                cert_file,
+                key_file,
+            } => tls::client_config_with_cert(self.roots.clone(), cert_file, key_file).map(drop),
+        }
+    }
+
     /// Starts the session task of `device_id`. It runs until [`SessionHandle::shutdown`] or
     /// until every handle and the event receiver are dropped.
+    ///
+    /// Must be called within a tokio runtime.
     pub fn spawn(&self, device_id: &str, credential: Credential) -> Session {
-        let _ = (device_id, credential);
-        todo!("hub session task")
+        let device_id: Arc<str> = Arc::from(device_id);
+        let (shared, commands, events) = session::spawn(self, device_id.clone(), credential);
+        Session {
+            handle: SessionHandle {
+                device_id,
+                shared,
+                commands,
+            },
+            events,
+        }
     }
 }
 
@@ -328,10 +376,15 @@ pub struct Session {
     pub events: mpsc::Receiver<SessionEvent>,
 }
 
+/// Process-wide source of request ids.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Sends twin requests on one identity's session.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     device_id: Arc<str>,
+    shared: Arc<session::Shared>,
+    commands: mpsc::Sender<session::Command>,
 }
 
 impl SessionHandle {
@@ -342,27 +395,55 @@ impl SessionHandle {
 
     /// A fresh request id (`$rid`), unique within this process's sessions.
     pub fn next_request_id(&self) -> String {
-        todo!("request ids")
+        NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed).to_string()
     }
 
     /// GETs the full twin.
+    ///
+    /// A 200 whose body is not a twin document is reported as `Status { status: 200, .. }`
+    /// with a message starting "malformed twin document".
     pub async fn get_twin(&self) -> Result<TwinDocument, RequestError> {
-        todo!("twin GET")
+        let rid = self.next_request_id();
+        let raw = self
+            .shared
+            .request(&rid, topics::get_twin(&rid), Vec::new())
+            .await?;
+        response::get_result(&raw)
     }
 
     /// `PATCH`es reported properties under `request_id`; `Ok` carries the new reported
     /// `$version` from the 204.
+    ///
+    /// `request_id` should come from [`SessionHandle::next_request_id`]: a request id that is
+    /// still pending is replaced, and the earlier request resolves to `LinkLost`.
     pub async fn patch_reported(
         &self,
         request_id: &str,
         patch: &Value,
     ) -> Result<i64, RequestError> {
-        let _ = (request_id, patch);
-        todo!("reported PATCH")
+        let raw = self
+            .shared
+            .request(
+                request_id,
+                topics::patch_reported(request_id),
+                patch.to_string().into_bytes(),
+            )
+            .await?;
+        response::patch_result(&raw)
     }
 
-    /// Disconnects cleanly (MQTT DISCONNECT) and stops the session task.
+    /// Disconnects cleanly (MQTT DISCONNECT) and stops the session task. Returns once the
+    /// task has ended (at once if it already had).
     pub async fn shutdown(&self) {
-        todo!("session shutdown")
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(session::Command::Shutdown(tx))
+            .await
+            .is_ok()
+        {
+            // The task drops `tx` when it ends.
+            let _ = rx.await;
+        }
     }
 }

@@ -12,13 +12,14 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::{Protocol, QoS};
 use rustls::pki_types::CertificateDer;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::Framed;
 
 use super::topics::{self, DeviceRequest, topic_matches};
+use crate::iothub_error::{ErrorCode, twin_error_body};
 use crate::state::{ConnEvent, Counters, HubError, SharedState, Subscriptions, now_epoch_secs};
 use crate::{sas, tls};
 
@@ -546,13 +547,18 @@ impl Session {
 }
 
 fn throttled(rid: String) -> (String, u16, Option<u64>, Bytes) {
-    let body = json!({"errorCode": 429_001, "message": "twin operations throttled"});
+    let body = twin_error_body(
+        ErrorCode::ThrottlingException,
+        "twin operations throttled: back off and retry",
+    );
     (rid, 429, None, Bytes::from(body.to_string()))
 }
 
+/// The answer to a failed twin request: the error's status, and a body in IoT Hub's shape
+/// (SDKs decide success from its `errorCode`).
 fn error_response(rid: String, e: &HubError) -> (String, u16, Option<u64>, Bytes) {
     let status = e.status();
-    let body = json!({ "message": e.to_string() });
+    let body = twin_error_body(ErrorCode::for_status(status), &e.to_string());
     (rid, status, None, Bytes::from(body.to_string()))
 }
 

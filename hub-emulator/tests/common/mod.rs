@@ -271,6 +271,33 @@ impl TestDevice {
     }
 }
 
+/// Asserts `r` is an error answer in IoT Hub's shape with `error_code`:
+/// `{"errorCode": n, "trackingId": "…", "message": "…", "timestampUtc": "…Z"}` and the status
+/// that the code's first three digits name (SDKs decide success from `errorCode`).
+pub fn assert_iothub_error(r: &Response, error_code: u32) {
+    assert_eq!(r.body["errorCode"], error_code, "{r:?}");
+    assert_eq!(u32::from(r.status), error_code / 1000, "{r:?}");
+    assert_eq!(r.version, None, "{r:?}");
+    let text = |field: &str| {
+        r.body[field]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| panic!("{field} is not a non-empty string: {r:?}"))
+    };
+    text("message");
+    text("trackingId");
+    let ts = text("timestampUtc");
+    assert!(
+        ts.ends_with('Z') && humantime::parse_rfc3339(ts).is_ok(),
+        "timestampUtc {ts:?} is not RFC 3339 UTC"
+    );
+    assert_eq!(
+        r.body.as_object().map(serde_json::Map::len),
+        Some(4),
+        "{r:?}"
+    );
+}
+
 /// Publishes a twin GET with `rid`, at most once.
 pub async fn publish_twin_get(client: &AsyncClient, rid: &str) {
     client
@@ -389,12 +416,15 @@ pub fn tls_client(ca: rustls::pki_types::CertificateDer<'static>) -> Arc<rustls:
 pub struct Binary {
     pub child: tokio::process::Child,
     pub mqtt: SocketAddr,
+    pub ws: Option<SocketAddr>,
     pub service: Option<SocketAddr>,
     pub control: Option<SocketAddr>,
+    /// The listening line as printed.
+    pub line: String,
 }
 
 /// Starts the binary with `args` plus ephemeral loopback ports, and parses its
-/// `listening mqtt=… tls=… service=… control=…` line.
+/// `listening mqtt=… tls=… ws=… service=… control=…` line.
 pub async fn spawn_binary(args: &[&str]) -> Binary {
     use tokio::io::AsyncBufReadExt as _;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hub-emulator"))
@@ -425,8 +455,10 @@ pub async fn spawn_binary(args: &[&str]) -> Binary {
     };
     Binary {
         mqtt: field("mqtt").unwrap_or_else(|| panic!("no mqtt address in {line:?}")),
+        ws: field("ws"),
         service: field("service"),
         control: field("control"),
+        line,
         child,
     }
 }
