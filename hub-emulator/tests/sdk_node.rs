@@ -11,6 +11,10 @@
 //! address `127.x.y.z:8883` and names it as the gateway: tests run in parallel with each other,
 //! with the Python SDK tests and with a `hub-emulator` a developer runs on `127.0.0.1:8883`.
 //!
+//! `node_sdk_over_websocket` uses the SDK's MQTT-over-WebSocket transport, which dials port 443
+//! (fixed): it runs where the process may bind it (root, as in CI) and is skipped with a notice
+//! elsewhere.
+//!
 //! The Node SDK decides a twin request's success from the response body alone (an error when
 //! it has an `errorCode`), so these tests are also what pins the error answers' IoT Hub shape.
 //!
@@ -44,6 +48,9 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk-node/device
 const PACKAGE_JSON: &str = include_str!("sdk-node/package.json");
 /// The SDK's MQTT port (`mqtts://host` without a port).
 const SDK_MQTT_PORT: u16 = 8883;
+/// The SDK's MQTT-over-WebSocket port (hard-wired in `MqttWs`; binding it needs root or
+/// `CAP_NET_BIND_SERVICE`).
+const SDK_WS_PORT: u16 = 443;
 /// The hub host name the SDK is given.
 const HUB_HOST: &str = "localhost";
 /// Longest wait for any one answer or event from the SDK.
@@ -101,7 +108,11 @@ fn pinned(package: &str) -> String {
 
 // ----- the emulator on <random loopback address>:8883 ---------------------------------------
 
-/// An emulator with TLS on `ip:8883`, host name `localhost`, devices `d1`/`d2`.
+/// Prints the notice about the skipped WebSocket test once per test binary.
+static WS_SKIP_NOTICE: std::sync::Once = std::sync::Once::new();
+
+/// An emulator with TLS on `ip:8883` (or, when asked, WebSocket on `ip:443` and MQTT on
+/// another port), host name `localhost`, devices `d1`/`d2`.
 struct SdkHub {
     emu: RunningEmulator,
     ip: Ipv4Addr,
@@ -111,6 +122,29 @@ struct SdkHub {
 
 impl SdkHub {
     async fn start() -> Self {
+        Self::start_with(false)
+            .await
+            .expect("no privileged port without WebSocket")
+    }
+
+    /// With the WebSocket listener on port 443 too; `None` (after a notice) when this process
+    /// may not bind port 443.
+    async fn start_with_websocket() -> Option<Self> {
+        let hub = Self::start_with(true).await;
+        if hub.is_none() {
+            WS_SKIP_NOTICE.call_once(|| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n#####  SKIPPED: binding port {SDK_WS_PORT} is not permitted (not root, no \
+                     CAP_NET_BIND_SERVICE), so the Node SDK's MQTT over WebSocket is NOT being \
+                     checked against the emulator.\n"
+                );
+            });
+        }
+        hub
+    }
+
+    async fn start_with(websocket: bool) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
         for _ in 0..16 {
             let [x, y, z] = rand::random::<[u8; 3]>().map(|b| b.clamp(1, 254));
@@ -125,20 +159,30 @@ impl SdkHub {
             HUB_HOST.clone_into(&mut config.hostname);
             config.mqtt_bind = SocketAddr::from((ip, SDK_MQTT_PORT));
             config.tls = Some(tls);
+            if websocket {
+                // Only the WebSocket listener at the SDK's address: a connection proves it.
+                config.ws_bind = Some(SocketAddr::from((ip, SDK_WS_PORT)));
+                config.mqtt_bind = SocketAddr::from((ip, 0));
+            }
             match Emulator::start(config).await {
                 Ok(emu) => {
                     let ca_file = dir.path().join("hub-ca.pem");
                     std::fs::write(&ca_file, ck.cert.pem()).expect("write CA file");
-                    return Self {
+                    return Some(Self {
                         emu,
                         ip,
                         ca_file,
                         _dir: dir,
-                    };
+                    });
                 }
                 // Another test (or run) holds this address: draw another.
                 Err(StartError::Bind { source, .. })
                     if source.kind() == std::io::ErrorKind::AddrInUse => {}
+                Err(StartError::Bind { source, .. })
+                    if websocket && source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    return None;
+                }
                 Err(e) => panic!("emulator on {ip}:{SDK_MQTT_PORT}: {e}"),
             }
         }
@@ -352,6 +396,7 @@ async fn node_sdk_twin_round_trip_and_rejected_patches() {
     )
     .await;
     assert!(hub.emu.hub().is_connected("d1"));
+    assert_eq!(hub.emu.hub().counters.snapshot().connects, 1);
 
     let twin = dev.ok("get_twin", json!({})).await["twin"].clone();
     assert_eq!(twin["desired"]["$version"], 1, "{twin}");
@@ -405,4 +450,45 @@ async fn node_sdk_twin_round_trip_and_rejected_patches() {
 
     assert!(dev.exit().await.success());
     common::eventually("d1 disconnected", || !hub.emu.hub().is_connected("d1")).await;
+}
+
+/// The SDK's MQTT over WebSocket transport (`MqttWs`, `wss://…:443/$iothub/websocket`): GET,
+/// reported PATCH, a desired patch and a refused patch, over the emulator's WebSocket listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sdk_over_websocket() {
+    let Some(sdk) = sdk_node() else { return };
+    let Some(hub) = SdkHub::start_with_websocket().await else {
+        return;
+    };
+    let mut dev = NodeDevice::spawn(&sdk, &hub).await;
+    dev.ok(
+        "open",
+        json!({"connection_string": hub.connection_string("d2", KEY_A), "websocket": true}),
+    )
+    .await;
+    assert!(hub.emu.hub().is_connected("d2"));
+
+    let twin = dev.ok("get_twin", json!({})).await["twin"].clone();
+    assert_eq!(twin["reported"]["$version"], 1, "{twin}");
+    dev.ok("patch_reported", json!({"patch": {"over": "websocket"}}))
+        .await;
+    assert_eq!(hub.section("d2", "reported")["over"], "websocket");
+
+    hub.emu
+        .hub()
+        .patch_twin(
+            "d2",
+            &json!({"properties": {"desired": {"mode": "eco"}}}),
+            None,
+        )
+        .expect("desired patch applied");
+    let desired = dev.event("desired", |e| e["patch"]["$version"] == 2).await;
+    assert_eq!(desired["patch"]["mode"], "eco", "{desired}");
+
+    let detail = dev.rejected_patch(&json!({"bad key": 1})).await;
+    assert!(!detail.is_empty());
+    assert_eq!(hub.section("d2", "reported")["$version"], 2);
+
+    assert!(dev.exit().await.success());
+    common::eventually("d2 disconnected", || !hub.emu.hub().is_connected("d2")).await;
 }

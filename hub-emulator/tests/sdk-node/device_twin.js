@@ -3,8 +3,9 @@
 // remote-controlled by hub-emulator/tests/sdk_node.rs to check the emulator against the SDK.
 //
 // The SDK is used unmodified, through its public API. It dials mqtts://<GatewayHostName, else
-// HostName>:8883; the test binds the emulator there and makes Node trust the emulator's
-// certificate with NODE_EXTRA_CA_CERTS. Modules resolve from NODE_PATH (the installed SDK).
+// HostName>:8883 (transport Mqtt) or wss://<same>:443/$iothub/websocket (transport MqttWs); the
+// test binds the emulator there and makes Node trust the emulator's certificate with
+// NODE_EXTRA_CA_CERTS. Modules resolve from NODE_PATH (the installed SDK).
 //
 // Protocol (JSON lines): one command per line on stdin, each answered by one line
 // {"reply": OP, "ok": true, ...} or {"reply": OP, "ok": false, "error": NAME, "detail": MESSAGE}.
@@ -13,7 +14,9 @@
 //   {"event": "desired", "patch": {...}}    each desired notification (and the initial document)
 //   {"event": "bye"}                        last line
 // Commands:
-//   {"op": "open", "connection_string": S}   Client.fromConnectionString(S, Mqtt).open()
+//   {"op": "open", "connection_string": S, "websocket": B}
+//                                            Client.fromConnectionString(S, B ? MqttWs : Mqtt)
+//                                            .open()
 //   {"op": "get_twin"}                       -> "twin": {"desired": {...}, "reported": {...}};
 //                                            also starts the desired events
 //   {"op": "patch_reported", "patch": {...}} twin.properties.reported.update(patch)
@@ -22,7 +25,7 @@
 
 const readline = require('readline');
 const { Client } = require('azure-iot-device');
-const { Mqtt } = require('azure-iot-device-mqtt');
+const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 
 function emit(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
@@ -37,8 +40,8 @@ let client = null;
 let twin = null;
 
 const ops = {
-  async open({ connection_string: cs }) {
-    client = Client.fromConnectionString(cs, Mqtt);
+  async open({ connection_string: cs, websocket }) {
+    client = Client.fromConnectionString(cs, websocket ? MqttWs : Mqtt);
     client.on('error', (err) => process.stderr.write(`client error: ${err}\n`));
     await client.open();
     return {};
