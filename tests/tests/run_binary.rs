@@ -66,10 +66,10 @@ fn spawn_agent(config: &Path) -> Child {
 
 /// Merges `patch` into `device`'s local replica while the agent is stopped (as the bridge
 /// would have while running).
-fn change_offline(db: &Path, device: &str, patch: Value) {
+async fn change_offline(db: &Path, device: &str, patch: Value) {
     let store = Store::open(db, StoreOptions::default()).expect("store opens");
-    store.merge_local(device, patch).wait().expect("merged");
-    store.close().wait().expect("closed");
+    store.merge_local(device, patch).await.expect("merged");
+    store.close().await.expect("closed");
 }
 
 fn local(db: &Path, device: &str) -> Value {
@@ -136,7 +136,7 @@ async fn run_syncs_and_stops_cleanly_on_sigterm() {
     .await;
     assert!(terminate(child).await.success(), "clean exit on SIGTERM");
     for device in devices() {
-        change_offline(&db, &device, json!({"serial": device, "power": 1.5}));
+        change_offline(&db, &device, json!({"serial": device, "power": 1.5})).await;
     }
     let child = spawn_agent(&config);
     wait_converged(&hub, &db).await;
@@ -190,7 +190,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
                     } else {
                         json!({ format!("k{slot}"): {"trial": trial, "v": rng.random_range(0..1000)} })
                     };
-                    change_offline(&db, &device, patch);
+                    change_offline(&db, &device, patch).await;
                 }
             }
         }
@@ -200,6 +200,11 @@ async fn kill_9_at_random_moments_loses_nothing() {
         child.kill().expect("SIGKILL sent");
         child.wait().expect("reaped");
     }
+    let during = hub.counters();
+    assert!(
+        during.reported_patches > 0 && during.twin_gets > trials,
+        "the kills landed while the agent was syncing: {during:?}"
+    );
     hub.emu()
         .hub()
         .set_faults(|f| f.twin_response_delay = Duration::ZERO);
