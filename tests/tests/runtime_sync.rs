@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use twinbridge::hub::{ProxySettings, Transport};
 use twinbridge::service::{Runtime, RuntimeHandle};
-use twinbridge_e2e::{DEADLINE, TestHub, eventually, runtime_spec};
+use twinbridge_e2e::{ConnectProxy, DEADLINE, TestHub, eventually, runtime_spec};
 
 async fn local(handle: &RuntimeHandle, device: &str) -> Value {
     handle
@@ -333,5 +334,118 @@ async fn a_refused_property_is_quarantined_and_surfaced_in_the_gateway_twin() {
         hub_ref.reported("meter-01").0["label"] == "short"
     })
     .await;
+    runtime.shutdown().await.expect("clean shutdown");
+}
+
+/// Desired notifications that are not JSON, or deeper than the hub's 10 levels, are refused
+/// with one warning each: the agent keeps running, stores nothing of them, and the next
+/// genuine desired update still lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_desired_notifications_are_refused_and_the_agent_keeps_going() {
+    let hub = TestHub::start(&["gw-1", "meter-01"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &["meter-01"]);
+    let runtime = Runtime::start(spec).await.expect("runtime starts");
+    let handle = runtime.handle();
+    let first = hub.set_desired("meter-01", &json!({"setpoint": 20}));
+    let mut desired = handle.desired("meter-01").expect("configured");
+    tokio::time::timeout(
+        DEADLINE,
+        desired.wait_for(|d| d.as_ref().is_some_and(|d| d.version == first)),
+    )
+    .await
+    .expect("first desired before the deadline")
+    .expect("watch open");
+
+    let mut deep = json!(1);
+    for _ in 0..12 {
+        deep = json!({ "d": deep });
+    }
+    let deep = deep.to_string();
+    let bad: [&[u8]; 2] = [b"{not json", deep.as_bytes()];
+    for (i, payload) in bad.iter().enumerate() {
+        hub.emu()
+            .hub()
+            .inject_desired(
+                "meter-01",
+                u64::try_from(first).expect("positive") + 1 + i as u64,
+                bytes::Bytes::copy_from_slice(payload),
+            )
+            .expect("injected into the live connection");
+    }
+    eventually("both notifications are refused", DEADLINE, || {
+        let refused = handle.statuses()[1].1.bad_desired;
+        async move { refused == 2 }
+    })
+    .await;
+    let snapshot = handle
+        .store()
+        .snapshot("meter-01")
+        .await
+        .expect("store readable")
+        .expect("device known");
+    assert_eq!(
+        snapshot.desired,
+        json!({"setpoint": 20}),
+        "nothing of them stored"
+    );
+    assert_eq!(snapshot.desired_version, Some(first));
+
+    let next = hub.set_desired("meter-01", &json!({"setpoint": 22}));
+    tokio::time::timeout(
+        DEADLINE,
+        desired.wait_for(|d| {
+            d.as_ref()
+                .is_some_and(|d| d.version == next && d.document["setpoint"] == 22)
+        }),
+    )
+    .await
+    .expect("the next desired update lands")
+    .expect("watch open");
+    assert!(handle.statuses()[1].1.connected, "still connected");
+    runtime.shutdown().await.expect("clean shutdown");
+}
+
+/// MQTT over WebSocket (443-style, `/$iothub/websocket`) through an HTTP CONNECT proxy
+/// carries a full sync: reported up, desired down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_through_a_connect_proxy_carries_a_full_sync() {
+    let hub = TestHub::start(&["gw-1", "meter-01"]).await;
+    let proxy = ConnectProxy::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &["meter-01"]);
+    spec.link.transport = Transport::MqttWs;
+    spec.link.port = Some(hub.emu().ws_addr().expect("WebSocket listener").port());
+    spec.link.proxy = Some(ProxySettings {
+        host: "127.0.0.1".into(),
+        port: proxy.addr().port(),
+        auth: None,
+    });
+    let runtime = Runtime::start(spec).await.expect("runtime starts");
+    let handle = runtime.handle();
+    handle
+        .merge_local("meter-01", json!({"via": "websocket+proxy"}))
+        .await
+        .expect("merged");
+    converged(&hub, &handle, &["meter-01".to_owned()], DEADLINE).await;
+    let version = hub.set_desired("meter-01", &json!({"mode": "eco"}));
+    let mut desired = handle.desired("meter-01").expect("configured");
+    tokio::time::timeout(
+        DEADLINE,
+        desired.wait_for(|d| d.as_ref().is_some_and(|d| d.version == version)),
+    )
+    .await
+    .expect("desired arrives over WebSocket")
+    .expect("watch open");
+    assert!(
+        proxy.tunnels() >= 2,
+        "both identities went through the proxy: {}",
+        proxy.tunnels()
+    );
+    assert_eq!(
+        hub.counters().connects,
+        proxy.tunnels(),
+        "no connection bypassed the proxy"
+    );
     runtime.shutdown().await.expect("clean shutdown");
 }
