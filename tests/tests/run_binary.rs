@@ -20,8 +20,19 @@ fn devices() -> Vec<String> {
     (1..=5).map(|i| format!("meter-{i:02}")).collect()
 }
 
+/// A hub with the gateway and the devices registered.
+async fn start_hub() -> TestHub {
+    let mut all = vec![GATEWAY.to_owned()];
+    all.extend(devices());
+    let names: Vec<&str> = all.iter().map(String::as_str).collect();
+    TestHub::start(&names).await
+}
+
 /// Writes `config.toml` for `hub` into its folder, as a technician would from the docs.
-fn write_config(hub: &TestHub, state_dir: &Path) -> PathBuf {
+/// Returns the config file and the store it names.
+fn write_config(hub: &TestHub) -> (PathBuf, PathBuf) {
+    let state_dir = hub.dir().join("state");
+    std::fs::create_dir(&state_dir).expect("state dir");
     let keys = hub.write_keys_file();
     let mut text = format!(
         r#"[gateway]
@@ -49,7 +60,7 @@ max = "500ms"
     }
     let path = hub.dir().join("config.toml");
     std::fs::write(&path, text).expect("config written");
-    path
+    (path, state_dir.join("twinbridge.db"))
 }
 
 fn spawn_agent(config: &Path) -> Child {
@@ -115,14 +126,8 @@ async fn terminate(mut child: Child) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_syncs_and_stops_cleanly_on_sigterm() {
-    let mut all = vec![GATEWAY.to_owned()];
-    all.extend(devices());
-    let names: Vec<&str> = all.iter().map(String::as_str).collect();
-    let hub = TestHub::start(&names).await;
-    let state = hub.dir().join("state");
-    std::fs::create_dir(&state).expect("state dir");
-    let config = write_config(&hub, &state);
-    let db = state.join("twinbridge.db");
+    let hub = start_hub().await;
+    let (config, db) = write_config(&hub);
 
     // The store is created by the first run; values merged while it is stopped are synced by
     // the next.
@@ -167,17 +172,11 @@ fn run_refuses_an_invalid_config_with_ex_config() {
 /// are often in flight); after a final restart every twin equals its local replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing() {
-    let mut all = vec![GATEWAY.to_owned()];
-    all.extend(devices());
-    let names: Vec<&str> = all.iter().map(String::as_str).collect();
-    let hub = TestHub::start(&names).await;
+    let hub = start_hub().await;
     hub.emu()
         .hub()
         .set_faults(|f| f.twin_response_delay = Duration::from_millis(40));
-    let state = hub.dir().join("state");
-    std::fs::create_dir(&state).expect("state dir");
-    let config = write_config(&hub, &state);
-    let db = state.join("twinbridge.db");
+    let (config, db) = write_config(&hub);
     let mut rng = rand::rng();
     let trials = 24;
     for trial in 0..trials {

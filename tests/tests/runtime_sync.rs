@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use twinbridge::hub::{ProxySettings, Transport};
-use twinbridge::service::{Runtime, RuntimeHandle};
+use twinbridge::service::{Runtime, RuntimeHandle, RuntimeSpec};
+use twinbridge::sync::DesiredState;
 use twinbridge_e2e::{ConnectProxy, DEADLINE, TestHub, eventually, runtime_spec};
 
 async fn local(handle: &RuntimeHandle, device: &str) -> Value {
@@ -47,6 +48,51 @@ async fn all_connected(handle: &RuntimeHandle, connected: bool) {
     .await;
 }
 
+/// A running runtime for `gw-1` + `devices` on a hub, its store in a temp dir.
+struct Agent {
+    runtime: Runtime,
+    handle: RuntimeHandle,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_agent<S: AsRef<str>>(
+    hub: &TestHub,
+    devices: &[S],
+    tweak: impl FnOnce(&mut RuntimeSpec),
+) -> Agent {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let names: Vec<&str> = devices.iter().map(AsRef::as_ref).collect();
+    let mut spec = runtime_spec(hub, &dir.path().join("tb.db"), "gw-1", &names);
+    tweak(&mut spec);
+    let runtime = Runtime::start(spec).await.expect("runtime starts");
+    Agent {
+        handle: runtime.handle(),
+        runtime,
+        _dir: dir,
+    }
+}
+
+/// Waits until the stored desired document of `device` satisfies `want`.
+async fn desired_where(
+    handle: &RuntimeHandle,
+    device: &str,
+    want: impl FnMut(&Option<DesiredState>) -> bool,
+) {
+    let mut desired = handle.desired(device).expect("configured");
+    tokio::time::timeout(DEADLINE, desired.wait_for(want))
+        .await
+        .expect("desired state before the deadline")
+        .expect("watch open");
+}
+
+/// Waits until the stored desired document of `device` is at `version`.
+async fn desired_at(handle: &RuntimeHandle, device: &str, version: i64) {
+    desired_where(handle, device, |d| {
+        d.as_ref().is_some_and(|d| d.version == version)
+    })
+    .await;
+}
+
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
@@ -60,10 +106,8 @@ fn with_gateway(devices: &[String]) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_changes_reach_the_hub_and_desired_lands_in_the_store() {
     let hub = TestHub::start(&["gw-1", "meter-01"]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &["meter-01"]);
-    let runtime = Runtime::start(spec).await.expect("runtime starts");
-    let handle = runtime.handle();
+    let agent = start_agent(&hub, &["meter-01"], |_| {}).await;
+    let handle = &agent.handle;
 
     let change = json!({"power": {"active": 12.5, "reactive": 1}, "serial": "A1"});
     handle
@@ -78,15 +122,8 @@ async fn local_changes_reach_the_hub_and_desired_lands_in_the_store() {
     .await;
 
     // A desired patch set by the back end is stored with its version, then published.
-    let mut desired = handle.desired("meter-01").expect("configured");
     let version = hub.set_desired("meter-01", &json!({"setpoint": 21, "mode": {"eco": true}}));
-    tokio::time::timeout(
-        DEADLINE,
-        desired.wait_for(|d| d.as_ref().is_some_and(|d| d.version == version)),
-    )
-    .await
-    .expect("desired arrives before the deadline")
-    .expect("watch open");
+    desired_at(handle, "meter-01", version).await;
     let snapshot = handle
         .store()
         .snapshot("meter-01")
@@ -114,7 +151,7 @@ async fn local_changes_reach_the_hub_and_desired_lands_in_the_store() {
 
     // An unknown device is refused, not created.
     assert!(handle.merge_local("nope", json!({"a": 1})).await.is_err());
-    runtime.shutdown().await.expect("clean shutdown");
+    agent.runtime.shutdown().await.expect("clean shutdown");
 }
 
 /// 20 identities, 100 changes each while the hub refuses connections: when it returns, each
@@ -123,22 +160,19 @@ async fn local_changes_reach_the_hub_and_desired_lands_in_the_store() {
 async fn outage_converges_with_one_patch_per_identity() {
     let devices = ids("dev", 20);
     let hub = TestHub::start(&with_gateway(&devices)).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &names);
-    let runtime = Runtime::start(spec).await.expect("runtime starts");
-    let handle = runtime.handle();
+    let agent = start_agent(&hub, &devices, |_| {}).await;
+    let handle = &agent.handle;
     for device in &devices {
         handle
             .merge_local(device, json!({"online": true, "round": -1}))
             .await
             .expect("merged");
     }
-    all_connected(&handle, true).await;
-    converged(&hub, &handle, &devices, DEADLINE).await;
+    all_connected(handle, true).await;
+    converged(&hub, handle, &devices, DEADLINE).await;
 
     hub.outage(true);
-    all_connected(&handle, false).await;
+    all_connected(handle, false).await;
     let before: Vec<i64> = devices.iter().map(|d| hub.reported(d).1).collect();
     for round in 0..100 {
         for (i, device) in devices.iter().enumerate() {
@@ -155,7 +189,7 @@ async fn outage_converges_with_one_patch_per_identity() {
         }
     }
     hub.outage(false);
-    converged(&hub, &handle, &devices, DEADLINE).await;
+    converged(&hub, handle, &devices, DEADLINE).await;
     for (device, before) in devices.iter().zip(before) {
         let after = hub.reported(device).1;
         assert_eq!(
@@ -164,7 +198,7 @@ async fn outage_converges_with_one_patch_per_identity() {
             "{device}: expected exactly one PATCH after the outage"
         );
     }
-    runtime.shutdown().await.expect("clean shutdown");
+    agent.runtime.shutdown().await.expect("clean shutdown");
 }
 
 /// Tokens that live 10 s are renewed with clean reconnects: over ~25 s of steady changes
@@ -172,11 +206,11 @@ async fn outage_converges_with_one_patch_per_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sas_tokens_are_renewed_without_losing_updates() {
     let hub = TestHub::start(&["gw-1", "meter-01"]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &["meter-01"]);
-    spec.link.token_lifetime = Duration::from_secs(10);
-    let runtime = Runtime::start(spec).await.expect("runtime starts");
-    let handle = runtime.handle();
+    let agent = start_agent(&hub, &["meter-01"], |spec| {
+        spec.link.token_lifetime = Duration::from_secs(10);
+    })
+    .await;
+    let handle = &agent.handle;
     let start = tokio::time::Instant::now();
     let mut n = 0;
     while start.elapsed() < Duration::from_secs(25) {
@@ -187,7 +221,7 @@ async fn sas_tokens_are_renewed_without_losing_updates() {
             .expect("merged");
         tokio::time::sleep(Duration::from_millis(250)).await; // the pace of the changes
     }
-    converged(&hub, &handle, &["meter-01".to_owned()], DEADLINE).await;
+    converged(&hub, handle, &["meter-01".to_owned()], DEADLINE).await;
     assert_eq!(hub.reported("meter-01").0["count"], n);
     let counters = hub.counters();
     assert!(
@@ -198,7 +232,7 @@ async fn sas_tokens_are_renewed_without_losing_updates() {
         counters.disconnects_by_hub, 0,
         "the hub never had to close an expired session: {counters:?}"
     );
-    runtime.shutdown().await.expect("clean shutdown");
+    agent.runtime.shutdown().await.expect("clean shutdown");
 }
 
 /// The hub restarts (state kept), and separately drops every connection every few hundred
@@ -207,11 +241,8 @@ async fn sas_tokens_are_renewed_without_losing_updates() {
 async fn hub_restarts_and_dropped_connections_lose_nothing() {
     let devices = ids("dev", 3);
     let mut hub = TestHub::start(&with_gateway(&devices)).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &names);
-    let runtime = Runtime::start(spec).await.expect("runtime starts");
-    let handle = runtime.handle();
+    let agent = start_agent(&hub, &devices, |_| {}).await;
+    let handle = &agent.handle;
 
     for round in 0..5 {
         for device in &devices {
@@ -228,7 +259,7 @@ async fn hub_restarts_and_dropped_connections_lose_nothing() {
             .await
             .expect("merged");
     }
-    converged(&hub, &handle, &devices, DEADLINE).await;
+    converged(&hub, handle, &devices, DEADLINE).await;
 
     let connects_before = hub.counters().connects;
     for round in 0..20 {
@@ -245,12 +276,12 @@ async fn hub_restarts_and_dropped_connections_lose_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await; // the pace of the changes
     }
-    converged(&hub, &handle, &devices, DEADLINE).await;
+    converged(&hub, handle, &devices, DEADLINE).await;
     assert!(
         hub.counters().connects >= connects_before + 4,
         "the agent reconnected after the drops"
     );
-    runtime.shutdown().await.expect("clean shutdown");
+    agent.runtime.shutdown().await.expect("clean shutdown");
 }
 
 /// A hub that allows only 3 twin operations per second answers most of a 10-identity
@@ -262,24 +293,21 @@ async fn a_429_storm_is_ridden_out() {
         c.twin_ops_per_sec = Some(3.0);
     })
     .await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &names);
-    let runtime = Runtime::start(spec).await.expect("runtime starts");
-    let handle = runtime.handle();
+    let agent = start_agent(&hub, &devices, |_| {}).await;
+    let handle = &agent.handle;
     for device in &devices {
         handle
             .merge_local(device, json!({"value": device}))
             .await
             .expect("merged");
     }
-    converged(&hub, &handle, &devices, Duration::from_mins(1)).await;
+    converged(&hub, handle, &devices, Duration::from_mins(1)).await;
     assert!(
         hub.counters().responses_429 > 0,
         "the storm happened: {:?}",
         hub.counters()
     );
-    runtime.shutdown().await.expect("clean shutdown");
+    agent.runtime.shutdown().await.expect("clean shutdown");
 }
 
 /// A value the hub refuses (a string over 4 KB) is quarantined: the rest of the twin
@@ -287,10 +315,8 @@ async fn a_429_storm_is_ridden_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_property_is_quarantined_and_surfaced_in_the_gateway_twin() {
     let hub = TestHub::start(&["gw-1", "meter-01"]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &["meter-01"]);
-    let runtime = Runtime::start(spec).await.expect("runtime starts");
-    let handle = runtime.handle();
+    let agent = start_agent(&hub, &["meter-01"], |_| {}).await;
+    let handle = &agent.handle;
     handle
         .merge_local(
             "meter-01",
@@ -334,7 +360,7 @@ async fn a_refused_property_is_quarantined_and_surfaced_in_the_gateway_twin() {
         hub_ref.reported("meter-01").0["label"] == "short"
     })
     .await;
-    runtime.shutdown().await.expect("clean shutdown");
+    agent.runtime.shutdown().await.expect("clean shutdown");
 }
 
 /// Desired notifications that are not JSON, or deeper than the hub's 10 levels, are refused
@@ -343,19 +369,10 @@ async fn a_refused_property_is_quarantined_and_surfaced_in_the_gateway_twin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_desired_notifications_are_refused_and_the_agent_keeps_going() {
     let hub = TestHub::start(&["gw-1", "meter-01"]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &["meter-01"]);
-    let runtime = Runtime::start(spec).await.expect("runtime starts");
-    let handle = runtime.handle();
+    let agent = start_agent(&hub, &["meter-01"], |_| {}).await;
+    let handle = &agent.handle;
     let first = hub.set_desired("meter-01", &json!({"setpoint": 20}));
-    let mut desired = handle.desired("meter-01").expect("configured");
-    tokio::time::timeout(
-        DEADLINE,
-        desired.wait_for(|d| d.as_ref().is_some_and(|d| d.version == first)),
-    )
-    .await
-    .expect("first desired before the deadline")
-    .expect("watch open");
+    desired_at(handle, "meter-01", first).await;
 
     let mut deep = json!(1);
     for _ in 0..12 {
@@ -392,18 +409,13 @@ async fn bad_desired_notifications_are_refused_and_the_agent_keeps_going() {
     assert_eq!(snapshot.desired_version, Some(first));
 
     let next = hub.set_desired("meter-01", &json!({"setpoint": 22}));
-    tokio::time::timeout(
-        DEADLINE,
-        desired.wait_for(|d| {
-            d.as_ref()
-                .is_some_and(|d| d.version == next && d.document["setpoint"] == 22)
-        }),
-    )
-    .await
-    .expect("the next desired update lands")
-    .expect("watch open");
+    desired_where(handle, "meter-01", |d| {
+        d.as_ref()
+            .is_some_and(|d| d.version == next && d.document["setpoint"] == 22)
+    })
+    .await;
     assert!(handle.statuses()[1].1.connected, "still connected");
-    runtime.shutdown().await.expect("clean shutdown");
+    agent.runtime.shutdown().await.expect("clean shutdown");
 }
 
 /// MQTT over WebSocket (443-style, `/$iothub/websocket`) through an HTTP CONNECT proxy
@@ -412,31 +424,24 @@ async fn bad_desired_notifications_are_refused_and_the_agent_keeps_going() {
 async fn websocket_through_a_connect_proxy_carries_a_full_sync() {
     let hub = TestHub::start(&["gw-1", "meter-01"]).await;
     let proxy = ConnectProxy::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut spec = runtime_spec(&hub, &dir.path().join("tb.db"), "gw-1", &["meter-01"]);
-    spec.link.transport = Transport::MqttWs;
-    spec.link.port = Some(hub.emu().ws_addr().expect("WebSocket listener").port());
-    spec.link.proxy = Some(ProxySettings {
-        host: "127.0.0.1".into(),
-        port: proxy.addr().port(),
-        auth: None,
-    });
-    let runtime = Runtime::start(spec).await.expect("runtime starts");
-    let handle = runtime.handle();
+    let agent = start_agent(&hub, &["meter-01"], |spec| {
+        spec.link.transport = Transport::MqttWs;
+        spec.link.port = Some(hub.emu().ws_addr().expect("WebSocket listener").port());
+        spec.link.proxy = Some(ProxySettings {
+            host: "127.0.0.1".into(),
+            port: proxy.addr().port(),
+            auth: None,
+        });
+    })
+    .await;
+    let handle = &agent.handle;
     handle
         .merge_local("meter-01", json!({"via": "websocket+proxy"}))
         .await
         .expect("merged");
-    converged(&hub, &handle, &["meter-01".to_owned()], DEADLINE).await;
+    converged(&hub, handle, &["meter-01".to_owned()], DEADLINE).await;
     let version = hub.set_desired("meter-01", &json!({"mode": "eco"}));
-    let mut desired = handle.desired("meter-01").expect("configured");
-    tokio::time::timeout(
-        DEADLINE,
-        desired.wait_for(|d| d.as_ref().is_some_and(|d| d.version == version)),
-    )
-    .await
-    .expect("desired arrives over WebSocket")
-    .expect("watch open");
+    desired_at(handle, "meter-01", version).await;
     assert!(
         proxy.tunnels() >= 2,
         "both identities went through the proxy: {}",
@@ -447,5 +452,5 @@ async fn websocket_through_a_connect_proxy_carries_a_full_sync() {
         proxy.tunnels(),
         "no connection bypassed the proxy"
     );
-    runtime.shutdown().await.expect("clean shutdown");
+    agent.runtime.shutdown().await.expect("clean shutdown");
 }

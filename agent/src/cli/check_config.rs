@@ -44,14 +44,7 @@ pub fn run(
             0
         }
         Err(errors) => {
-            let _ = writeln!(err, "{errors}");
-            let _ = writeln!(
-                err,
-                "{} error{} in the configuration starting at {}",
-                errors.len(),
-                if errors.len() == 1 { "" } else { "s" },
-                path.display()
-            );
+            super::print_config_errors(err, &errors, path, "");
             EX_CONFIG
         }
     }

@@ -8,3 +8,21 @@ pub mod run;
 
 /// `EX_CONFIG` from sysexits.h: the configuration is invalid.
 pub const EX_CONFIG: u8 = 78;
+
+/// Prints every configuration error (one per line) and a count line that starts with
+/// `lead` (e.g. "not starting: 2 errors in the configuration starting at /etc/…").
+pub(crate) fn print_config_errors(
+    err: &mut dyn std::io::Write,
+    errors: &crate::config::ConfigErrors,
+    path: &std::path::Path,
+    lead: &str,
+) {
+    let _ = writeln!(err, "{errors}");
+    let _ = writeln!(
+        err,
+        "{lead}{} error{} in the configuration starting at {}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" },
+        path.display()
+    );
+}

@@ -54,14 +54,7 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
     let checked = match load_checked(path, credentials_dir) {
         Ok(checked) => checked,
         Err(errors) => {
-            let _ = writeln!(err, "{errors}");
-            let _ = writeln!(
-                err,
-                "not starting: {} error{} in the configuration starting at {}",
-                errors.len(),
-                if errors.len() == 1 { "" } else { "s" },
-                path.display()
-            );
+            super::print_config_errors(err, &errors, path, "not starting: ");
             return EX_CONFIG;
         }
     };
