@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use twinbridge::hub::{ProxySettings, Transport};
+use twinbridge::hub::{Pacing, ProxySettings, RateLimiter, Transport};
 use twinbridge::service::{Runtime, RuntimeHandle, RuntimeSpec};
 use twinbridge::sync::DesiredState;
 use twinbridge_e2e::{ConnectProxy, DEADLINE, TestHub, eventually, runtime_spec};
@@ -451,6 +451,51 @@ async fn websocket_through_a_connect_proxy_carries_a_full_sync() {
         hub.counters().connects,
         proxy.tunnels(),
         "no connection bypassed the proxy"
+    );
+    agent.runtime.shutdown().await.expect("clean shutdown");
+}
+
+/// The return after an outage is paced gateway-wide: 40 identities against a hub that allows
+/// 20 twin operations per second, with the gateway pacing GETs and `PATCH`es at 8/s each, see
+/// not a single 429, on start-up or after the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_return_after_an_outage_never_gets_a_429() {
+    let devices = ids("dev", 39);
+    let hub = TestHub::start_with(&with_gateway(&devices), |c| {
+        c.twin_ops_per_sec = Some(20.0);
+    })
+    .await;
+    let agent = start_agent(&hub, &devices, |spec| {
+        spec.pacing = Pacing {
+            connects: RateLimiter::new(20.0, 20),
+            gets: RateLimiter::new(8.0, 8),
+            updates: RateLimiter::new(8.0, 8),
+        };
+    })
+    .await;
+    let handle = &agent.handle;
+    for device in &devices {
+        handle
+            .merge_local(device, json!({"phase": "start"}))
+            .await
+            .expect("merged");
+    }
+    converged(&hub, handle, &devices, Duration::from_mins(1)).await;
+    hub.outage(true);
+    all_connected(handle, false).await;
+    for device in &devices {
+        handle
+            .merge_local(device, json!({"phase": "offline"}))
+            .await
+            .expect("merged");
+    }
+    hub.outage(false);
+    converged(&hub, handle, &devices, Duration::from_mins(1)).await;
+    let counters = hub.counters();
+    assert_eq!(counters.responses_429, 0, "no stampede: {counters:?}");
+    assert!(
+        counters.twin_gets >= 80,
+        "every identity fetched its twin twice: {counters:?}"
     );
     agent.runtime.shutdown().await.expect("clean shutdown");
 }
