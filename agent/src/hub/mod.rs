@@ -15,6 +15,11 @@
 //! - [`SessionHandle`] sends twin requests (GET, reported PATCH) and awaits their answers by
 //!   `$rid`. The *caller* (the sync driver) decides when to GET and PATCH and draws on
 //!   `Pacing::gets` / `Pacing::updates` itself.
+//!
+//! Submodules, one concern each: [`topics`] (twin topics: build and route, pure), [`sas`]
+//! (tokens and username, pure), [`response`] (answers and desired notifications → results
+//! and events, pure), [`pace`] (the token bucket), [`clock`] (wall-clock sanity), [`tls`]
+//! (rustls configuration), [`session`] (the task on rumqttc).
 
 use std::path::PathBuf;
 use std::sync::Arc;
