@@ -608,10 +608,15 @@ impl Task {
         }
         let (password, tls) = match &self.credential {
             Credential::SymmetricKey(key) => {
-                let now = clock::epoch_secs((s.wall_clock)());
-                let lifetime = s.token_lifetime.as_secs().max(1);
-                let token = sas::device_token(&s.host, id, key.expose(), now + lifetime)
-                    .map_err(|e| e.to_string())?;
+                // Rounded up, so the token lives at least `token_lifetime` and the renewal
+                // (timed from before this) keeps its margin.
+                let now = (s.wall_clock)();
+                let expiry = now
+                    .checked_add(s.token_lifetime.max(Duration::from_secs(1)))
+                    .ok_or("token lifetime out of range")?;
+                let token =
+                    sas::device_token(&s.host, id, key.expose(), clock::epoch_secs_ceil(expiry))
+                        .map_err(|e| e.to_string())?;
                 (token, self.link.tls.clone())
             }
             Credential::X509 {
