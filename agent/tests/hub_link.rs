@@ -426,3 +426,24 @@ async fn unread_events_do_not_block_requests() {
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
     assert_eq!(versions.last(), Some(&last));
 }
+
+#[tokio::test]
+async fn a_large_twin_fits_in_a_packet() {
+    // rumqttc's default packet limit is 10 KiB; a full twin is far larger.
+    let hub = start_hub(&["d1"]).await;
+    let mut s = link(&hub).spawn("d1", key_a());
+    connected(&mut s.events).await;
+    let big: serde_json::Map<String, serde_json::Value> = (0..7)
+        .map(|i| (format!("k{i}"), json!("x".repeat(4000))))
+        .collect();
+    let big = serde_json::Value::Object(big);
+    let rid = s.handle.next_request_id();
+    s.handle
+        .patch_reported(&rid, &big)
+        .await
+        .expect("28 KB PATCH");
+    set_desired(&hub.emu, "d1", &big).await;
+    let twin = s.handle.get_twin().await.expect("56 KB GET");
+    assert_eq!(twin.reported, big);
+    assert_eq!(twin.desired, big);
+}
