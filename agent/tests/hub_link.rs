@@ -447,3 +447,38 @@ async fn a_large_twin_fits_in_a_packet() {
     assert_eq!(twin.reported, big);
     assert_eq!(twin.desired, big);
 }
+
+#[tokio::test]
+async fn renewal_lets_pending_answers_arrive() {
+    let mut hub = start_hub(&["d1"]).await;
+    hub.settings.token_lifetime = Duration::from_secs(6);
+    let mut s = link(&hub).spawn("d1", key_a());
+    connected(&mut s.events).await;
+    // Every answer takes 300 ms, so a GET is almost always in flight when the renewal (at
+    // ~4 s) starts: it must be answered, not cut off.
+    control(&hub.emu, "/delay?twin_responses=300ms").await;
+    let end = tokio::time::Instant::now() + Duration::from_millis(5500);
+    let (mut ok, mut refused) = (0, 0);
+    while tokio::time::Instant::now() < end {
+        match s.handle.get_twin().await {
+            Ok(_) => ok += 1,
+            Err(RequestError::NotConnected) => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("request cut off by the renewal: {e}"),
+        }
+    }
+    let (ev, _) = wait_event(&mut s.events, "the renewal", |e| {
+        matches!(e, SessionEvent::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        ev,
+        SessionEvent::Disconnected {
+            reason: "renewing SAS token".into()
+        }
+    );
+    assert!(ok >= 5, "{ok} answered, {refused} refused");
+    assert_eq!(counter(&hub.emu, "disconnects_by_hub").await, 0);
+}
