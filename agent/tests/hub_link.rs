@@ -178,14 +178,16 @@ async fn dropped_connection_reconnects() {
 #[tokio::test]
 async fn refused_connects_then_recovery() {
     let hub = start_hub(&["d1"]).await;
-    control(&hub.emu, "/refuse?for=1s").await;
+    control(&hub.emu, "/refuse?for=1h").await;
     let mut s = link(&hub).spawn("d1", key_a());
-    eventually("a refused connect", || async {
-        counter(&hub.emu, "connects_refused").await >= 1
+    eventually("two refused connects", || async {
+        counter(&hub.emu, "connects_refused").await >= 2
     })
     .await;
     // Not connected: requests fail at once, unsent.
     assert_eq!(s.handle.get_twin().await, Err(RequestError::NotConnected));
+    assert_eq!(counter(&hub.emu, "twin_gets").await, 0);
+    control(&hub.emu, "/refuse?for=0s").await;
     connected(&mut s.events).await;
     assert!(s.handle.get_twin().await.is_ok());
     assert_eq!(counter(&hub.emu, "connects").await, 1);
