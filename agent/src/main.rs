@@ -1,12 +1,88 @@
-//! The `twinbridge` binary.
+//! The `twinbridge` binary: argument parsing only; the subcommands live in
+//! `twinbridge::cli`.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use twinbridge::cli;
+use twinbridge::config::Config;
 
 /// twinbridge: serial field devices <-> IoT Hub device twins, durable across outages.
 #[derive(Debug, Parser)]
 #[command(name = "twinbridge", version, about)]
-struct Cli {}
+struct Cli {
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help = "Configuration file; drop-ins are read from config.d/ beside it \
+                [default: $TWINBRIDGE_CONFIG, else /etc/twinbridge/config.toml]"
+    )]
+    config: Option<PathBuf>,
 
-fn main() {
-    let _cli = Cli::parse();
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where systemd credentials are, for the subcommands that resolve keys.
+#[derive(Debug, clap::Args)]
+struct CredentialsArg {
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "Directory of systemd credentials (key files named after device ids, \
+                group-key) [default: $CREDENTIALS_DIRECTORY]"
+    )]
+    credentials_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(about = "Run the agent: keep every device twin in sync with the hub until SIGTERM")]
+    Run {
+        #[command(flatten)]
+        credentials: CredentialsArg,
+    },
+    #[command(
+        about = "Check the configuration and the credentials it names; print every problem \
+                 and exit 78 (EX_CONFIG) if there is one"
+    )]
+    CheckConfig {
+        #[command(flatten)]
+        credentials: CredentialsArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = cli.config.unwrap_or_else(Config::default_path);
+    let code = match cli.command {
+        Command::Run { credentials } => {
+            init_logging();
+            cli::run::run(
+                &config_path,
+                cli::check_config::credentials_dir(credentials.credentials_dir).as_deref(),
+                &mut std::io::stderr().lock(),
+            )
+        }
+        Command::CheckConfig { credentials } => cli::check_config::run(
+            &config_path,
+            cli::check_config::credentials_dir(credentials.credentials_dir).as_deref(),
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
+    };
+    ExitCode::from(code)
+}
+
+/// Logs to stderr (journald captures it under systemd), filtered by `TWINBRIDGE_LOG`
+/// (`info` by default; e.g. `TWINBRIDGE_LOG=twinbridge=debug`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TWINBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -13,6 +13,7 @@
 //! | `POST /delay?twin_responses=500ms` | delay every twin response; `0s` ends it |
 //! | `POST /throttle?ops_per_sec=5` | change the twin operation rate; `off` = unlimited |
 //! | `GET /faults` | the current refuse/delay/throttle settings |
+//! | `POST /inject/{deviceId}/desired?version=N` | publish the raw request body (any bytes: not JSON, too deep, …) on `$iothub/twin/PATCH/properties/desired/?$version=N` to the device's live connection, twin untouched; 202, 404 unknown device, 409 not connected, 413 body over an MQTT packet |
 //!
 //! Durations use humantime syntax (`250ms`, `5s`, `1m`).
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -43,6 +45,7 @@ pub fn router(hub: SharedState) -> Router {
         .route("/delay", post(delay))
         .route("/throttle", post(throttle))
         .route("/faults", get(faults))
+        .route("/inject/{device_id}/desired", post(inject_desired))
         .with_state(hub)
 }
 
@@ -142,6 +145,38 @@ async fn faults(State(hub): State<SharedState>) -> Response {
         "twin_ops_per_sec": hub.twin_ops_per_sec(),
     }))
     .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct InjectQuery {
+    version: u64,
+}
+
+/// Room left in an MQTT packet for the desired topic and headers.
+const MAX_INJECTED_BODY: usize = crate::mqtt::session::MAX_PACKET_SIZE - 1024;
+
+async fn inject_desired(
+    State(hub): State<SharedState>,
+    Path(device_id): Path<String>,
+    Query(q): Query<InjectQuery>,
+    body: Bytes,
+) -> Response {
+    if body.len() > MAX_INJECTED_BODY {
+        return bad(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "{} bytes do not fit an MQTT packet (at most {MAX_INJECTED_BODY})",
+                body.len()
+            ),
+        );
+    }
+    match hub.inject_desired(&device_id, q.version, body) {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => bad(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &e.to_string(),
+        ),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, Box<Response>> {

@@ -64,7 +64,8 @@ struct Cli {
     #[arg(long, value_name = "BASE64", value_parser = base64_key)]
     service_key: Option<String>,
 
-    /// Control endpoint listen address (drop connections, refuse, delay, throttle, counters).
+    /// Control endpoint listen address (drop connections, refuse, delay, throttle, inject raw
+    /// desired notifications, counters).
     /// Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
     control_bind: SocketAddr,

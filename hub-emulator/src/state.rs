@@ -60,6 +60,9 @@ pub enum HubError {
     /// The request is malformed in a way the rules module does not cover.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The device is registered but has no live connection (status 409).
+    #[error("device {0:?} is not connected")]
+    NotConnected(String),
     /// Writing the state file failed; the change is applied in memory but not on disk.
     #[error("persisting hub state to {path}: {source}")]
     Persist {
@@ -78,6 +81,7 @@ impl HubError {
             HubError::PreconditionFailed { .. } => 412,
             HubError::Rule { status, .. } => *status,
             HubError::BadRequest(_) => 400,
+            HubError::NotConnected(_) => 409,
             HubError::Persist { .. } => 500,
         }
     }
@@ -280,6 +284,14 @@ pub enum ConnEvent {
         version: u64,
         /// The notification body.
         payload: Value,
+    },
+    /// A desired notification injected by the control endpoint: send `payload` exactly as
+    /// given (any bytes, valid or not) on the desired topic with `$version={version}`.
+    RawDesired {
+        /// The `$version` the topic names.
+        version: u64,
+        /// The notification body, verbatim.
+        payload: bytes::Bytes,
     },
     /// Close the connection (kicked by a newer connection, dropped by the control endpoint,
     /// device disabled or deleted, emulator shutting down).
@@ -924,6 +936,33 @@ impl Hub {
         }
         self.persist()?;
         Ok(version)
+    }
+
+    /// Sends `payload` verbatim to the device's live connection as a desired notification on
+    /// `$iothub/twin/PATCH/properties/desired/?$version={version}`, without touching the twin
+    /// (to test how a device copes with notifications IoT Hub should never send). Like any
+    /// notification it is dropped when the device has not subscribed to desired updates.
+    /// [`HubError::DeviceNotFound`] for an unknown device, [`HubError::NotConnected`] when it
+    /// has no live connection (or its queue is full, which disconnects it).
+    pub fn inject_desired(
+        &self,
+        device_id: &str,
+        version: u64,
+        payload: bytes::Bytes,
+    ) -> Result<(), HubError> {
+        let mut inner = self.lock();
+        let dev = inner.device_mut(device_id)?;
+        let Some(conn) = &dev.connection else {
+            return Err(HubError::NotConnected(device_id.to_owned()));
+        };
+        if conn.send(ConnEvent::RawDesired { version, payload }) {
+            Ok(())
+        } else {
+            // Too far behind (or gone): unregister it; its session ends once drained.
+            dev.connection = None;
+            dev.connection_state_updated = Some(now_rfc3339());
+            Err(HubError::NotConnected(device_id.to_owned()))
+        }
     }
 
     /// Marks activity of a device (any packet from its connection).

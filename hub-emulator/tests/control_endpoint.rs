@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{connect, connect_with, control, counters, eventually, http, options, start};
+use common::{
+    connect, connect_with, control, counters, eventually, http, http_bytes, options, start,
+};
 use rumqttc::{ConnectReturnCode, ConnectionError};
 use serde_json::{Value, json};
 
@@ -138,5 +140,65 @@ async fn throttle_can_be_changed_at_runtime() {
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["twin_ops_per_sec"],
         Value::Null
+    );
+}
+
+/// `POST /inject/{id}/desired?version=N` hands the device exactly the bytes given, on the
+/// desired topic, and leaves the twin alone.
+#[tokio::test]
+async fn injected_desired_notifications_reach_the_device_verbatim() {
+    let emu = start(|_| {}).await;
+    let control_addr = emu.control_addr().unwrap();
+    let mut dev = connect(&emu, "d1").await;
+    let before = emu.hub().twin_json("d1").unwrap();
+
+    let deep = (0..12).fold(json!(1), |v, i| json!({ format!("l{i}"): v }));
+    let bodies: [(u64, Vec<u8>); 3] = [
+        (7, b"{not json".to_vec()),
+        (8, deep.to_string().into_bytes()),
+        (2, vec![0xff, 0x00, 0xfe]),
+    ];
+    for (version, body) in &bodies {
+        let path = format!("/inject/d1/desired?version={version}");
+        let (status, text) = http_bytes(control_addr, "POST", &path, body).await;
+        assert_eq!(status, 202, "{text}");
+        let p = dev.next_publish().await;
+        assert_eq!(
+            p.topic,
+            format!("$iothub/twin/PATCH/properties/desired/?$version={version}")
+        );
+        assert_eq!(&p.payload[..], &body[..]);
+    }
+    let after = emu.hub().twin_json("d1").unwrap();
+    for field in ["etag", "version", "tags", "properties"] {
+        assert_eq!(
+            after[field], before[field],
+            "injection touched the twin's {field}"
+        );
+    }
+    // The device's ordinary traffic is unaffected.
+    assert_eq!(dev.get_twin().await.body["desired"]["$version"], 1);
+
+    // Unknown device 404, registered but offline 409, no version 400: nothing is sent.
+    let (status, _) = http_bytes(
+        control_addr,
+        "POST",
+        "/inject/ghost/desired?version=1",
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, text) =
+        http_bytes(control_addr, "POST", "/inject/d2/desired?version=1", b"{}").await;
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("not connected"), "{text}");
+    let (status, _) = http_bytes(control_addr, "POST", "/inject/d1/desired", b"{}").await;
+    assert_eq!(status, 400);
+    let (status, _) = http_bytes(control_addr, "POST", "/inject/d1/desired?version=x", b"{}").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        dev.get_twin().await.status,
+        200,
+        "no stray notification came first"
     );
 }

@@ -557,6 +557,11 @@ impl Db {
         devices(&self.conn, &self.path)
     }
 
+    /// See [`super::Store::sync_state`].
+    pub(crate) fn sync_state(&self, device: &str) -> Result<Option<SyncState>, StoreError> {
+        read_sync(&self.conn, &self.path, device)
+    }
+
     /// See [`super::Store::snapshot`].
     pub(crate) fn snapshot(&self, device: &str) -> Result<Option<DeviceSnapshot>, StoreError> {
         let tx = self.conn.unchecked_transaction().map_err(self.sql())?;

@@ -486,6 +486,13 @@ impl Store {
         self.run(|db| db.devices())
     }
 
+    /// The reported-side sync state of `device` alone (cheaper than a [`Store::snapshot`]),
+    /// or `None` when unknown.
+    pub fn sync_state(&self, device: &str) -> Reply<Option<SyncState>> {
+        let device = device.to_owned();
+        self.run(move |db| db.sync_state(&device))
+    }
+
     /// Everything stored about `device`, or `None` when unknown.
     pub fn snapshot(&self, device: &str) -> Reply<Option<DeviceSnapshot>> {
         let device = device.to_owned();

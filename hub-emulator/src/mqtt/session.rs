@@ -290,7 +290,11 @@ impl Session {
                 },
                 event = events.recv() => match event {
                     Some(ConnEvent::Desired { version, payload }) => {
-                        self.on_desired(framed, version, &payload).await
+                        let payload = Bytes::from(payload.to_string());
+                        self.on_desired(framed, version, payload).await
+                    }
+                    Some(ConnEvent::RawDesired { version, payload }) => {
+                        self.on_desired(framed, version, payload).await
                     }
                     Some(ConnEvent::Close(reason)) => {
                         self.count_hub_close();
@@ -512,7 +516,7 @@ impl Session {
         &mut self,
         framed: &mut Framed<S, Codec>,
         version: u64,
-        payload: &Value,
+        payload: Bytes,
     ) -> Step
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -523,8 +527,7 @@ impl Session {
             return Step::Continue;
         };
         Counters::bump(&self.hub.counters.desired_notifications);
-        self.publish(framed, topic, qos, Bytes::from(payload.to_string()))
-            .await
+        self.publish(framed, topic, qos, payload).await
     }
 
     async fn publish<S>(

@@ -318,15 +318,22 @@ pub async fn http(
     path: &str,
     body: Option<&Value>,
 ) -> (u16, String) {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    http_bytes(addr, method, path, body.as_bytes()).await
+}
+
+/// [`http`] with a raw body (any bytes).
+pub async fn http_bytes(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("HTTP connect");
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("HTTP write");
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req).await.expect("HTTP write");
     let mut buf = Vec::new();
     tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
         .await

@@ -1,0 +1,89 @@
+//! `twinbridge run`: the agent itself. Refuses an invalid configuration with the same
+//! messages as `check-config` (exit 78), then runs until SIGTERM/SIGINT.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use super::EX_CONFIG;
+use super::check_config::{Checked, load_checked};
+use crate::service::{IdentitySpec, RuntimeSpec, run_until_signal};
+use crate::store::StoreOptions;
+
+/// How often the gateway twin's summary is recomputed (sent only when it changed).
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// Builds the runtime's spec from a checked configuration.
+pub fn runtime_spec(checked: &Checked) -> RuntimeSpec {
+    let config = &checked.config;
+    let link = config.link_settings();
+    let mut gateway = None;
+    let mut devices = Vec::with_capacity(config.devices.len());
+    for identity in &checked.identities {
+        let history = config
+            .devices
+            .iter()
+            .find(|d| d.id == identity.id)
+            .and_then(|d| d.history);
+        let spec = IdentitySpec {
+            id: identity.id.clone(),
+            credential: identity.credential.clone(),
+            history,
+        };
+        if identity.is_gateway {
+            gateway = Some(spec);
+        } else {
+            devices.push(spec);
+        }
+    }
+    RuntimeSpec {
+        store_path: config.store_path(),
+        store_options: StoreOptions::default(),
+        retry: link.backoff,
+        link,
+        pacing: config.pacing(),
+        gateway: gateway.expect("credentials::resolve always yields the gateway's identity"),
+        devices,
+        summary_every: SUMMARY_EVERY,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// Runs the agent with the configuration at `path`; returns the process exit code.
+pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> u8 {
+    let checked = match load_checked(path, credentials_dir) {
+        Ok(checked) => checked,
+        Err(errors) => {
+            let _ = writeln!(err, "{errors}");
+            let _ = writeln!(
+                err,
+                "not starting: {} error{} in the configuration starting at {}",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" },
+                path.display()
+            );
+            return EX_CONFIG;
+        }
+    };
+    let spec = runtime_spec(&checked);
+    // One thread for the sessions and drivers is plenty (the store has its own), and keeps
+    // the footprint small on a Pi.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(err, "starting the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run_until_signal(spec)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "twinbridge stopped on an error");
+            let _ = writeln!(err, "twinbridge: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The configuration: `/etc/twinbridge/config.toml` plus the drop-ins `config.d/*.toml`
+//! beside it.
+//!
+//! # Files
+//!
+//! The main file is read first, then every `*.toml` in `config.d/` next to it, in lexical
+//! order of their names (hidden files and other extensions, such as `.dpkg-old`, are
+//! skipped). Later files deep-merge into earlier ones: a table merges key by key, any other
+//! value replaces the earlier one, and a `[[device]]` entry merges into the earlier device
+//! with the same `id` (so a drop-in can override one field of a device) or, with a new id, is
+//! appended. Relative paths in any file are resolved against the main file's directory.
+//!
+//! Unknown keys are errors. Every error names file, line, column, section and field and says
+//! what was expected; loading reports all errors, not just the first.
+//!
+//! # Schema
+//!
+//! ```toml
+//! [gateway]
+//! id = "gw-plant7-01"                  # required: the gateway's own identity (it has a twin)
+//! state_dir = "/var/lib/twinbridge"    # default; the SQLite file is state_dir/twinbridge.db
+//! # auth, keys_file, group_key_file, cert_file, key_file: as for [[device]]
+//!
+//! [hub]
+//! host = "myhub.azure-devices.net"     # required
+//! port = 8883                          # default by transport: 8883 mqtt, 443 mqtt-ws
+//! transport = "mqtt"                   # "mqtt" | "mqtt-ws"
+//! ca_file = "/etc/twinbridge/ca.pem"   # extra trusted root (PEM), must exist
+//! sas_token_lifetime = "1h"            # at least 10s
+//! keep_alive = "60s"                   # 1s ..= 65535s
+//! request_timeout = "30s"
+//! connects_per_sec = 5.0               # gateway-wide pacing: MQTT connects
+//! twin_reads_per_sec = 20.0            #   twin GETs
+//! twin_updates_per_sec = 10.0          #   reported PATCHes
+//! proxy = "http://user:pass@proxy.local:3128"  # HTTP CONNECT proxy, http:// only
+//! # defaults for every identity's credentials:
+//! auth = "sas"                         # "sas" | "group-key" | "x509"
+//! keys_file = "/etc/twinbridge/keys.toml"      # sas: TOML table, device-id = "base64 key"
+//! group_key_file = "/etc/twinbridge/group.key" # group-key: the enrollment group key (base64)
+//!
+//! [hub.backoff]                        # reconnect backoff
+//! initial = "1s"
+//! max = "5m"
+//! multiplier = 2.0                     # >= 1
+//! jitter = 0.2                         # 0 ..= 1
+//!
+//! [[device]]
+//! id = "meter-01"                      # required: the device identity (and twin) in the hub
+//! auth = "x509"                        # override of hub.auth
+//! cert_file = "/etc/twinbridge/certs/meter-01.pem"  # x509 only, required then
+//! key_file = "/etc/twinbridge/certs/meter-01.key"   # x509 only, required then
+//! # keys_file (sas) and group_key_file (group-key) override the hub's
+//! history = "latest"                   # "latest" (default) | "every-change"
+//! history_max_bytes = 1048576          # every-change only: bound of the queued patches
+//! history_max_age = "7d"               # every-change only
+//! ```
+//!
+//! Identity ids (gateway and devices) must be valid IoT Hub device ids: at most 128
+//! characters, ASCII alphanumerics and `-.%_*?!(),:=@$'`; they are unique, and no device has
+//! the gateway's id. Credentials themselves are resolved by [`crate::credentials`].
+//!
+//! The field side (`[[bus]]`, and `bus`/`unit`/`poll`/`points`/`profile` of a device) comes
+//! with the next issue; until then those keys are unknown keys. Drop-ins will match `[[bus]]`
+//! entries by `name` the way they match devices by `id`.
+
+mod error;
+mod schema;
+mod tree;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use device_protocols::backoff::BackoffConfig;
+
+use crate::hub;
+use crate::store::HistoryLimits;
+
+pub use error::{ConfigError, ConfigErrors, Location};
+
+/// Line and column lookup for files read elsewhere (the keys file).
+pub(crate) fn line_index(text: &str) -> tree::LineIndex<'_> {
+    tree::LineIndex::new(text)
+}
+
+/// Where the configuration lives unless `--config` or `$TWINBRIDGE_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/twinbridge/config.toml";
+
+/// The environment variable that overrides [`DEFAULT_PATH`].
+pub const PATH_ENV: &str = "TWINBRIDGE_CONFIG";
+
+/// The drop-in directory's name, beside the main file.
+pub const DROP_IN_DIR: &str = "config.d";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[gateway]`.
+    pub gateway: GatewayConfig,
+    /// `[hub]`.
+    pub hub: HubConfig,
+    /// `[[device]]`, in file order (merged devices keep their first position).
+    pub devices: Vec<DeviceConfig>,
+    /// The files read, in merge order.
+    pub files: Vec<PathBuf>,
+}
+
+/// `[gateway]`: the gateway's own identity and local state.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The gateway's device id in the hub (it has a twin too).
+    pub id: String,
+    /// Directory of the local state (the SQLite file).
+    pub state_dir: PathBuf,
+    /// How the gateway identity authenticates (hub defaults applied).
+    pub auth: AuthConfig,
+    /// Where the id is set (for messages about this identity).
+    pub defined_at: Location,
+}
+
+/// `[hub]`: how to reach the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Host name of the hub.
+    pub host: String,
+    /// Port; `None` = the transport's default.
+    pub port: Option<u16>,
+    /// MQTT or MQTT over WebSocket.
+    pub transport: hub::Transport,
+    /// Extra trusted root CA (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Lifetime of each SAS token.
+    pub sas_token_lifetime: Duration,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// How long a twin request waits for its answer.
+    pub request_timeout: Duration,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// Gateway-wide MQTT connects per second.
+    pub connects_per_sec: f64,
+    /// Gateway-wide twin GETs per second.
+    pub twin_reads_per_sec: f64,
+    /// Gateway-wide reported `PATCH`es per second.
+    pub twin_updates_per_sec: f64,
+    /// HTTP CONNECT proxy.
+    pub proxy: Option<hub::ProxySettings>,
+}
+
+/// `[[device]]`: one attached device and its identity in the hub.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// The device id in the hub.
+    pub id: String,
+    /// `Some` with `history = "every-change"`: every intermediate reported value is queued,
+    /// within these bounds; `None`: only the latest state is synced.
+    pub history: Option<HistoryLimits>,
+    /// How the device identity authenticates (hub defaults applied).
+    pub auth: AuthConfig,
+    /// Where the id is set (for messages about this identity).
+    pub defined_at: Location,
+}
+
+/// A file named by the configuration, and where it was named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSetting {
+    /// The file (relative paths already resolved against the configuration directory).
+    pub path: PathBuf,
+    /// Where the configuration names it.
+    pub defined_at: Location,
+}
+
+/// How one identity authenticates; resolved into a [`hub::Credential`] by
+/// [`crate::credentials::resolve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// A symmetric key: the file named after the id in `$CREDENTIALS_DIRECTORY`, else the
+    /// entry for the id in `keys_file`.
+    Sas {
+        /// TOML table `device-id = "base64 key"`.
+        keys_file: Option<FileSetting>,
+    },
+    /// A key derived from an enrollment group key: `group-key` in `$CREDENTIALS_DIRECTORY`,
+    /// else `group_key_file`.
+    GroupKey {
+        /// The group key (base64).
+        group_key_file: Option<FileSetting>,
+    },
+    /// An X.509 client certificate and its key.
+    X509 {
+        /// Certificate chain (PEM).
+        cert_file: FileSetting,
+        /// Private key (PEM).
+        key_file: FileSetting,
+    },
+}
+
+impl AuthConfig {
+    /// The `auth` value that selects this method.
+    pub fn method_name(&self) -> &'static str {
+        match self {
+            Self::Sas { .. } => "sas",
+            Self::GroupKey { .. } => "group-key",
+            Self::X509 { .. } => "x509",
+        }
+    }
+}
+
+/// Default `history_max_bytes`.
+pub const DEFAULT_HISTORY_MAX_BYTES: u64 = 1024 * 1024;
+/// Default `history_max_age`.
+pub const DEFAULT_HISTORY_MAX_AGE: Duration = Duration::from_hours(24 * 7);
+/// Smallest `sas_token_lifetime`.
+pub const MIN_SAS_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
+
+impl Config {
+    /// Reads `path` and the drop-ins in `config.d/` beside it, merges and validates them.
+    /// On failure, returns every error found.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        schema::load(path)
+    }
+
+    /// Validates configuration text as if it were the only file, at `path` (which is not
+    /// read; relative paths resolve against its directory). For tests and tools.
+    pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        schema::load_texts(path, &[(path.to_path_buf(), text.to_owned())])
+    }
+
+    /// `$TWINBRIDGE_CONFIG`, or `/etc/twinbridge/config.toml`.
+    pub fn default_path() -> PathBuf {
+        std::env::var_os(PATH_ENV)
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_PATH), PathBuf::from)
+    }
+
+    /// The SQLite file: `state_dir/twinbridge.db`.
+    pub fn store_path(&self) -> PathBuf {
+        self.gateway.state_dir.join("twinbridge.db")
+    }
+
+    /// Every identity id, the gateway's first.
+    pub fn identity_ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.gateway.id.as_str()).chain(self.devices.iter().map(|d| d.id.as_str()))
+    }
+
+    /// The hub link settings (wall clock and packet size at their defaults).
+    pub fn link_settings(&self) -> hub::LinkSettings {
+        let h = &self.hub;
+        let mut settings = hub::LinkSettings::new(h.host.clone());
+        settings.port = h.port;
+        settings.transport = h.transport;
+        settings.ca_file.clone_from(&h.ca_file);
+        settings.proxy.clone_from(&h.proxy);
+        settings.token_lifetime = h.sas_token_lifetime;
+        settings.keep_alive = h.keep_alive;
+        settings.request_timeout = h.request_timeout;
+        settings.backoff = h.backoff;
+        settings
+    }
+
+    /// The gateway-wide pacing. Each bucket holds one second's worth of tokens (at least
+    /// one), so a quiet gateway may spend a short burst but never more than the rate after.
+    pub fn pacing(&self) -> hub::Pacing {
+        let limiter = |rate: f64| hub::RateLimiter::new(rate, burst_for(rate));
+        hub::Pacing {
+            connects: limiter(self.hub.connects_per_sec),
+            gets: limiter(self.hub.twin_reads_per_sec),
+            updates: limiter(self.hub.twin_updates_per_sec),
+        }
+    }
+}
+
+/// One second's worth of tokens, at least 1.
+fn burst_for(rate: f64) -> u32 {
+    // Validation bounds rates to finite positive numbers; clamp keeps the cast exact anyway.
+    rate.ceil().clamp(1.0, f64::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_is_one_second_of_tokens_and_at_least_one() {
+        assert_eq!(burst_for(0.2), 1);
+        assert_eq!(burst_for(5.0), 5);
+        assert_eq!(burst_for(10.5), 11);
+    }
+}
