@@ -484,3 +484,28 @@ async fn renewal_lets_pending_answers_arrive() {
     assert!(ok >= 5, "{ok} answered, {refused} refused");
     assert_eq!(counter(&hub.emu, "disconnects_by_hub").await, 0);
 }
+
+#[tokio::test]
+async fn unusable_desired_notifications_are_reported_not_fatal() {
+    let hub = start_hub(&["d1"]).await;
+    let mut s = link(&hub).spawn("d1", key_a());
+    connected(&mut s.events).await;
+    inject_desired(&hub.emu, "d1", 5, b"not json {").await;
+    inject_desired(&hub.emu, "d1", 6, b"[1, 2]").await;
+    inject_desired(&hub.emu, "d1", 7, br#"{"sp": 1, "$version": 7}"#).await;
+    for _ in 0..2 {
+        let ev = next_event(&mut s.events).await;
+        assert!(matches!(ev, SessionEvent::BadDesired { .. }), "{ev:?}");
+    }
+    assert_eq!(
+        next_event(&mut s.events).await,
+        SessionEvent::Desired {
+            patch: json!({"sp": 1}),
+            version: 7
+        }
+    );
+    // Same connection, still serving.
+    assert!(s.handle.get_twin().await.is_ok());
+    assert_eq!(counter(&hub.emu, "connects").await, 1);
+    assert!(s.events.try_recv().is_err(), "no Disconnected");
+}
