@@ -39,6 +39,13 @@ pub fn epoch_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Seconds since the Unix epoch, rounded up (0 for a clock before it): a token expiring at
+/// this second lives at least as long as asked.
+pub fn epoch_secs_ceil(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +70,18 @@ mod tests {
             Duration::from_hours(24)
         );
         assert_eq!(plausible_after(UNIX_EPOCH), UNIX_EPOCH);
+    }
+
+    #[test]
+    fn epoch_seconds_round_as_documented() {
+        let t = UNIX_EPOCH + Duration::from_millis(10_001);
+        assert_eq!((epoch_secs(t), epoch_secs_ceil(t)), (10, 11));
+        let t = UNIX_EPOCH + Duration::from_secs(10);
+        assert_eq!((epoch_secs(t), epoch_secs_ceil(t)), (10, 10));
+        let before = UNIX_EPOCH
+            .checked_sub(Duration::from_secs(5))
+            .expect("representable");
+        assert_eq!((epoch_secs(before), epoch_secs_ceil(before)), (0, 0));
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! - [`SessionHandle`] sends twin requests (GET, reported PATCH) and awaits their answers by
 //!   `$rid`. The *caller* (the sync driver) decides when to GET and PATCH and draws on
 //!   `Pacing::gets` / `Pacing::updates` itself.
+//!
+//! Submodules, one concern each: [`topics`] (twin topics: build and route, pure), [`sas`]
+//! (tokens and username, pure), [`response`] (answers and desired notifications → results
+//! and events, pure), [`pace`] (the token bucket), [`clock`] (wall-clock sanity), [`tls`]
+//! (rustls configuration), [`session`] (the task on rumqttc).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -295,7 +300,7 @@ pub enum LinkError {
 }
 
 /// What every session of a gateway shares.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HubLink {
     settings: Arc<LinkSettings>,
     pacing: Pacing,
@@ -303,6 +308,17 @@ pub struct HubLink {
     roots: Arc<RootCertStore>,
     /// TLS without a client certificate (SAS identities), built once.
     tls: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for HubLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the roots themselves: a system store holds well over a hundred certificates.
+        f.debug_struct("HubLink")
+            .field("settings", &self.settings)
+            .field("pacing", &self.pacing)
+            .field("trusted_roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl HubLink {

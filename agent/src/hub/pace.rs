@@ -1,6 +1,6 @@
 //! A gateway-wide token bucket.
 //!
-//! The core ([`Bucket`]) is plain arithmetic on `tokio::time::Instant`s. Each `acquire` takes
+//! The core (`Bucket`) is plain arithmetic on `tokio::time::Instant`s. Each `acquire` takes
 //! its token at once, letting the balance go negative: the debt is the caller's place in the
 //! queue, so concurrent waiters are served exactly at the rate, in arrival order, without a
 //! thundering herd of wake-ups. A caller that gives up before its turn pays the token back.

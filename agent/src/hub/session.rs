@@ -608,10 +608,15 @@ impl Task {
         }
         let (password, tls) = match &self.credential {
             Credential::SymmetricKey(key) => {
-                let now = clock::epoch_secs((s.wall_clock)());
-                let lifetime = s.token_lifetime.as_secs().max(1);
-                let token = sas::device_token(&s.host, id, key.expose(), now + lifetime)
-                    .map_err(|e| e.to_string())?;
+                // Rounded up, so the token lives at least `token_lifetime` and the renewal
+                // (timed from before this) keeps its margin.
+                let now = (s.wall_clock)();
+                let expiry = now
+                    .checked_add(s.token_lifetime.max(Duration::from_secs(1)))
+                    .ok_or("token lifetime out of range")?;
+                let token =
+                    sas::device_token(&s.host, id, key.expose(), clock::epoch_secs_ceil(expiry))
+                        .map_err(|e| e.to_string())?;
                 (token, self.link.tls.clone())
             }
             Credential::X509 {
@@ -694,6 +699,72 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctl(capacity: usize) -> (Ctl, mpsc::Sender<Command>, mpsc::Receiver<SessionEvent>) {
+        let (cmd_tx, commands) = mpsc::channel(4);
+        let (events, ev_rx) = mpsc::channel(capacity);
+        let ctl = Ctl {
+            commands,
+            handles_gone: false,
+            stop: false,
+            replies: Vec::new(),
+            events,
+            queue: VecDeque::new(),
+            dropped_events: 0,
+        };
+        (ctl, cmd_tx, ev_rx)
+    }
+
+    fn desired(version: i64) -> SessionEvent {
+        SessionEvent::Desired {
+            patch: serde_json::json!({}),
+            version,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_beyond_the_channel_are_queued_in_order() {
+        let (mut ctl, _cmd, mut rx) = ctl(2);
+        for v in 1..=5 {
+            ctl.emit(desired(v));
+        }
+        assert_eq!(ctl.queue.len(), 3);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                got.push(rx.recv().await.expect("event"));
+            }
+            got
+        });
+        // Any wait of the task flushes the queue as the receiver makes room.
+        assert!(ctl.run(sleep(Duration::from_secs(1))).await.is_some());
+        assert!(ctl.queue.is_empty());
+        assert_eq!(
+            reader.await.expect("reader"),
+            (1..=5).map(desired).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_on_shutdown_or_when_everyone_is_gone() {
+        let (mut ctl, cmd, rx) = ctl(2);
+        let (reply, done) = oneshot::channel();
+        cmd.send(Command::Shutdown(reply)).await.expect("queued");
+        assert!(ctl.run(std::future::pending::<()>()).await.is_none());
+        drop(ctl);
+        assert!(
+            done.await.is_err(),
+            "the reply is dropped when the task ends"
+        );
+
+        let (mut ctl, cmd, rx2) = self::ctl(2);
+        drop(cmd);
+        // Handles gone, events still read: keeps running.
+        assert!(ctl.run(sleep(Duration::from_secs(1))).await.is_some());
+        drop(rx2);
+        assert!(ctl.run(std::future::pending::<()>()).await.is_none());
+        drop(rx);
+    }
 
     #[test]
     fn renewal_times() {

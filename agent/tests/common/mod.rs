@@ -171,23 +171,29 @@ where
     }
 }
 
-/// A minimal HTTP/1.1 request (`Connection: close`): status and body.
+/// A minimal HTTP/1.1 request (`Connection: close`) with a JSON body: status and body.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> (u16, String) {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    http_raw(addr, method, path, body.as_bytes()).await
+}
+
+/// A minimal HTTP/1.1 request (`Connection: close`) with any bytes as the body.
+pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("HTTP connect");
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let req = format!(
+    let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.expect("HTTP write");
+    s.write_all(head.as_bytes()).await.expect("HTTP write");
+    s.write_all(body).await.expect("HTTP write");
     let mut buf = Vec::new();
     tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
         .await
@@ -265,6 +271,19 @@ pub async fn set_desired(emu: &RunningEmulator, device_id: &str, desired: &Value
     .await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("twin is JSON")
+}
+
+/// Makes the emulator publish `payload` (any bytes) as a desired notification with
+/// `$version={version}` to the device's live connection, the twin untouched.
+pub async fn inject_desired(emu: &RunningEmulator, device_id: &str, version: u64, payload: &[u8]) {
+    let (status, body) = http_raw(
+        emu.control_addr().expect("control endpoint started"),
+        "POST",
+        &format!("/inject/{device_id}/desired?version={version}"),
+        payload,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
 }
 
 /// A tiny HTTP CONNECT proxy: accepts, reads `CONNECT host:port HTTP/1.1` and its headers,
