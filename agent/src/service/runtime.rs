@@ -178,6 +178,11 @@ impl Runtime {
             }
         }
 
+        // Link and credentials first: a bad CA file or key stops start-up before the store opens.
+        let link = HubLink::new(spec.link.clone(), spec.pacing.clone())?;
+        for identity in &all {
+            link.check_credential(&identity.id, &identity.credential)?;
+        }
         let store = {
             let path = spec.store_path.clone();
             let options = spec.store_options.clone();
@@ -190,7 +195,6 @@ impl Runtime {
                 .configure_device(&identity.id, identity.history)
                 .await?;
         }
-        let link = HubLink::new(spec.link.clone(), spec.pacing.clone())?;
 
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
