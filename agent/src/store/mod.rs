@@ -69,7 +69,7 @@
 //! the same document); it is capped at [`MAX_ALTERNATIVES`](sync_state::MAX_ALTERNATIVES), and
 //! beyond that `resync_needed` stops sending until a GET result arrives. An in-flight patch
 //! found at open (the previous process died waiting for its answer) becomes an unknown outcome
-//! the same way. Rejected patches (400/413) are probed key by key and the bad key quarantined;
+//! the same way. Rejected patches (400, 413, any 4xx but 408/429) are probed key by key and the bad key quarantined;
 //! see [`sync_state`].
 //!
 //! # Bad input

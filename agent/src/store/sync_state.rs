@@ -129,13 +129,14 @@ pub struct Rejection {
 /// What a non-success hub answer means for a reported patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectKind {
-    /// 400 / 413: the patch itself is bad; it is quarantined (see module docs), never resent
-    /// as is.
+    /// A 4xx other than 408 and 429 (400 malformed, 413 too large, 403 …: real hubs are not
+    /// consistent about which one an oversize section gets): the hub refused the patch
+    /// without applying it. It is quarantined (see module docs), never resent as is.
     Bad,
     /// 429: throttled before processing; nothing was applied. Retry later with backoff.
     Throttled,
-    /// Anything else (5xx, unexpected codes): the hub may or may not have applied the patch.
-    /// Treated like a lost answer; retry later with backoff.
+    /// Anything else (5xx, 408, unexpected codes): the hub may or may not have applied the
+    /// patch. Treated like a lost answer; retry later with backoff.
     Unknown,
 }
 
@@ -143,8 +144,9 @@ impl RejectKind {
     /// Classifies a hub status code of a reported PATCH answer (non-2xx).
     pub fn of(status: u16) -> Self {
         match status {
-            400 | 413 => Self::Bad,
             429 => Self::Throttled,
+            408 => Self::Unknown,
+            400..=499 => Self::Bad,
             _ => Self::Unknown,
         }
     }
@@ -176,7 +178,7 @@ pub struct SyncState {
     pub probing: BTreeSet<String>,
     /// The latest rejection (cleared once nothing is quarantined or probing any more).
     pub last_rejection: Option<Rejection>,
-    /// How many patches the hub rejected as bad (400/413) over the device's life.
+    /// How many patches the hub rejected as bad (4xx, see [`RejectKind::Bad`]) over the device's life.
     pub rejections: u64,
 }
 
@@ -660,6 +662,8 @@ mod tests {
     fn reject_classification() {
         assert_eq!(RejectKind::of(400), RejectKind::Bad);
         assert_eq!(RejectKind::of(413), RejectKind::Bad);
+        assert_eq!(RejectKind::of(403), RejectKind::Bad);
+        assert_eq!(RejectKind::of(408), RejectKind::Unknown);
         assert_eq!(RejectKind::of(429), RejectKind::Throttled);
         assert_eq!(RejectKind::of(500), RejectKind::Unknown);
         assert_eq!(RejectKind::of(503), RejectKind::Unknown);

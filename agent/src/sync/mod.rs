@@ -9,10 +9,10 @@
 //! - Reported: at most one request in flight per identity (the hub does not order concurrent
 //!   `PATCH`es). The patch is whatever the store computes ([`Store::begin_send`]) when it is
 //!   sent, so any number of local changes made while offline leave as one `PATCH`. A 204
-//!   advances the state; 429 and 5xx back off (jittered, exponential) and retry; 400/413 are
-//!   quarantined by the store (logged once with the offending path, surfaced in
-//!   [`IdentityStatus`]) and never retried in a loop; an unanswered request is an unknown
-//!   outcome ([`Store::disconnected`]), never a success.
+//!   advances the state; 429 and 5xx back off (jittered, exponential) and retry; other 4xx
+//!   (400, 403, 413, …) are quarantined by the store (logged once with the offending path,
+//!   surfaced in [`IdentityStatus`]) and never retried in a loop; an unanswered request is an
+//!   unknown outcome ([`Store::disconnected`]), never a success.
 //! - Desired: notifications in `$version` order; a gap asks for a GET; the document is stored
 //!   before anything acts on it and then published on the identity's [`DesiredState`] watch
 //!   (the bridge's interface to desired properties). A notification that breaks the hub's
@@ -427,7 +427,7 @@ impl Driver {
             .unwrap_or_default())
     }
 
-    /// Logs each key newly quarantined by a 400/413 (once: it is not retried until its value
+    /// Logs each key newly quarantined by a 4xx (once: it is not retried until its value
     /// changes).
     async fn log_new_quarantine(
         &self,

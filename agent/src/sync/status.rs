@@ -18,7 +18,7 @@ pub struct IdentityStatus {
     pub last_disconnect: Option<String>,
     /// Since when the hub has not held the local reported document (`None`: in sync).
     pub unsynced_since: Option<SystemTime>,
-    /// Reported keys the hub refused (400/413), withheld until their value changes.
+    /// Reported keys the hub refused (4xx), withheld until their value changes.
     pub quarantined: Vec<QuarantinedKey>,
     /// Desired notifications refused (not JSON, against the hub's rules).
     pub bad_desired: u64,
@@ -29,7 +29,7 @@ pub struct IdentityStatus {
 pub struct QuarantinedKey {
     /// `reported.<key>`.
     pub path: String,
-    /// The hub's status for it (400 or 413), when the last rejection was about it.
+    /// The hub's status for it (400, 403, 413, …), when the last rejection was about it.
     pub status: Option<u16>,
     /// What the hub said, when known.
     pub reason: Option<String>,
