@@ -198,6 +198,16 @@ async fn outage_converges_with_one_patch_per_identity() {
             "{device}: expected exactly one PATCH after the outage"
         );
     }
+    let hub_ref = &hub;
+    eventually(
+        "the gateway twin shows everyone back and in sync",
+        DEADLINE,
+        || async move {
+            let ids = hub_ref.reported("gw-1").0["identities"].clone();
+            ids["connected"] == 21 && ids["unsynced"] == 0 && ids.get("unsyncedSince").is_none()
+        },
+    )
+    .await;
     agent.runtime.shutdown().await.expect("clean shutdown");
 }
 

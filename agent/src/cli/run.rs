@@ -10,8 +10,8 @@ use super::check_config::{Checked, load_checked};
 use crate::service::{IdentitySpec, RuntimeSpec, run_until_signal};
 use crate::store::StoreOptions;
 
-/// How often the gateway twin's summary is recomputed (sent only when it changed).
-const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// At most how often the gateway twin's summary is recomputed (sent only when it changed).
+const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
 /// Builds the runtime's spec from a checked configuration.
 pub fn runtime_spec(checked: &Checked) -> RuntimeSpec {

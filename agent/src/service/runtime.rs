@@ -51,7 +51,8 @@ pub struct RuntimeSpec {
     pub devices: Vec<IdentitySpec>,
     /// Backoff of a driver after 429, 5xx and unanswered requests.
     pub retry: BackoffConfig,
-    /// How often the gateway twin's summary is recomputed (it is sent only when it changed).
+    /// At most how often the gateway twin's summary is recomputed (it is recomputed when an
+    /// identity's status changed, and sent only when the summary changed).
     pub summary_every: Duration,
     /// The version reported in the gateway twin.
     pub agent_version: String,
@@ -197,6 +198,7 @@ impl Runtime {
         }
 
         let stop = CancellationToken::new();
+        let status_changed = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
         let mut sessions = Vec::with_capacity(all.len());
         let mut identities = HashMap::with_capacity(all.len());
@@ -214,6 +216,7 @@ impl Runtime {
                 pacing: spec.pacing.clone(),
                 local_changed: local_changed.clone(),
                 status: status_tx,
+                status_changed: status_changed.clone(),
                 desired: desired_tx,
                 retry: spec.retry,
             };
@@ -233,10 +236,13 @@ impl Runtime {
             order: all.iter().map(|i| i.id.clone()).collect(),
             identities: Arc::new(identities),
         };
+        // The first summary goes out at start, whether or not a status changes.
+        status_changed.notify_one();
         tasks.spawn(summarize(
             handle.clone(),
             spec.agent_version.clone(),
             spec.summary_every,
+            status_changed,
             stop.clone(),
         ));
         tracing::info!(
@@ -292,12 +298,14 @@ impl Runtime {
     }
 }
 
-/// Keeps the gateway twin's summary current: recomputed every `every` (and at start), merged
-/// into the gateway's local reported document when it changed.
+/// Keeps the gateway twin's summary current: recomputed when an identity's status changed (at
+/// most once per `every`, so a flapping link does not turn into a stream of updates) and at
+/// start, merged into the gateway's local reported document when it changed.
 async fn summarize(
     handle: RuntimeHandle,
     agent_version: String,
     every: Duration,
+    status_changed: Arc<Notify>,
     stop: CancellationToken,
 ) -> Result<(), StoreError> {
     let gateway = handle.gateway_id().to_owned();
@@ -306,13 +314,17 @@ async fn summarize(
         Some(state) => summary_part(&state.local),
         None => Value::Object(Map::new()),
     };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_allowed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
+            () = tokio::time::sleep_until(next_allowed) => {}
         }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = status_changed.notified() => {}
+        }
+        next_allowed = tokio::time::Instant::now() + every;
         let summary = gateway_summary(&agent_version, &handle.statuses());
         let patch = diff(&last, &summary);
         if !is_noop(&patch) {

@@ -68,6 +68,8 @@ pub struct Driver {
     pub local_changed: Arc<Notify>,
     /// Where the driver publishes its state, for the gateway twin and `status`.
     pub status: watch::Sender<IdentityStatus>,
+    /// Poked whenever `status` changed (shared by every driver of a gateway).
+    pub status_changed: Arc<Notify>,
     /// Where the driver publishes the stored desired document.
     pub desired: watch::Sender<Option<DesiredState>>,
     /// Backoff after 429, 5xx, unanswered requests and failed GETs.
@@ -115,12 +117,12 @@ impl Driver {
             match event {
                 None => return Ok(()),
                 Some(SessionEvent::Connected) => {
-                    self.status.send_modify(|s| {
+                    self.set_status(|s| {
                         s.connected = true;
                         s.waiting_for_clock = false;
                     });
                     let leave = self.online(&stop).await;
-                    self.status.send_modify(|s| s.connected = false);
+                    self.set_status(|s| s.connected = false);
                     match leave? {
                         Leave::Disconnected => {}
                         Leave::Stopped => return Ok(()),
@@ -325,7 +327,7 @@ impl Driver {
                     "waiting for a valid clock before connecting (the wall clock is earlier \
                      than this build)"
                 );
-                self.status.send_modify(|s| s.waiting_for_clock = true);
+                self.set_status(|s| s.waiting_for_clock = true);
                 Ok(false)
             }
             SessionEvent::Disconnected { reason } => {
@@ -387,12 +389,12 @@ impl Driver {
             reason,
             "ignoring a desired-properties notification the hub rules do not allow"
         );
-        self.status.send_modify(|s| s.bad_desired += 1);
+        self.set_status(|s| s.bad_desired += 1);
     }
 
     fn on_disconnected(&self, reason: String) {
         tracing::info!(device = self.device, reason, "hub link down");
-        self.status.send_modify(|s| {
+        self.set_status(|s| {
             s.connected = false;
             s.last_disconnect = Some(reason);
         });
@@ -449,6 +451,19 @@ impl Driver {
         Ok(())
     }
 
+    /// Changes the published [`IdentityStatus`]; when that changed anything, pokes
+    /// `status_changed` (the gateway summary listens).
+    fn set_status(&self, change: impl FnOnce(&mut IdentityStatus)) {
+        let modified = self.status.send_if_modified(|s| {
+            let before = s.clone();
+            change(s);
+            *s != before
+        });
+        if modified {
+            self.status_changed.notify_one();
+        }
+    }
+
     /// Re-reads the sync state into the published [`IdentityStatus`].
     async fn refresh_status(&self) -> Result<(), StoreError> {
         let Some(state) = self.store.sync_state(&self.device).await? else {
@@ -456,15 +471,13 @@ impl Driver {
         };
         let quarantined = status::quarantined_keys(&state);
         let converged = state.converged();
-        self.status.send_if_modified(|s| {
-            let before = s.clone();
+        self.set_status(|s| {
             s.quarantined.clone_from(&quarantined);
             if converged {
                 s.unsynced_since = None;
             } else if s.unsynced_since.is_none() {
                 s.unsynced_since = Some(SystemTime::now());
             }
-            *s != before
         });
         Ok(())
     }
