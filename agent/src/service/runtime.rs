@@ -123,6 +123,27 @@ impl RuntimeHandle {
         Ok(change)
     }
 
+    /// Records that desired `version` of `property` was applied to `device` (or refused) and
+    /// merges its acknowledgement into the local reported document, in one transaction; wakes
+    /// the device's driver. Returns the effective change.
+    pub async fn applied_ack(
+        &self,
+        device: &str,
+        property: &str,
+        version: i64,
+        ack: Value,
+    ) -> Result<Value, HandleError> {
+        let identity = self.identity(device)?;
+        let change = self
+            .store
+            .applied_ack(device, property, version, ack)
+            .await?;
+        if !is_noop(&change) {
+            identity.local_changed.notify_one();
+        }
+        Ok(change)
+    }
+
     /// The stored desired document of `device`, as a watch: it changes when a desired
     /// update has been stored.
     pub fn desired(
