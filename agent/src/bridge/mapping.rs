@@ -364,3 +364,190 @@ fn stale_in(mapped: &Map<String, Json>, key: &str, value: &Json, patch: &mut Map
         Some(_) => {} // a mapped leaf (or an ack object at it)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use device_protocols::bus::{PointError, PointReading};
+    use device_protocols::point::Table;
+
+    use super::*;
+
+    fn map(point: Point, property: &[&str], deadband: Option<f64>) -> PointMap {
+        PointMap {
+            point,
+            property: property.iter().map(|s| (*s).to_owned()).collect(),
+            deadband,
+        }
+    }
+
+    fn temperature() -> PointMap {
+        map(
+            Point::new("t", Table::Input, 0, DataType::I16)
+                .expect("valid")
+                .with_scale(0.1, 0.0),
+            &["climate", "temperature"],
+            Some(0.5),
+        )
+    }
+
+    fn setpoint() -> PointMap {
+        map(
+            Point::new("sp", Table::Holding, 100, DataType::U16)
+                .expect("valid")
+                .with_scale(0.1, 0.0)
+                .with_writable(true),
+            &["setpoint"],
+            None,
+        )
+    }
+
+    fn poll(readings: Vec<(&str, Result<Value, PointError>)>) -> UnitPoll {
+        UnitPoll {
+            unit: 1,
+            at: SystemTime::UNIX_EPOCH,
+            requests: 1,
+            readings: readings
+                .into_iter()
+                .map(|(name, result)| PointReading {
+                    name: Arc::from(name),
+                    result,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn readings_land_at_their_paths_past_the_deadband_only() {
+        let points = [temperature(), setpoint()];
+        let first = reported_patch(
+            &points,
+            &poll(vec![
+                ("t", Ok(Value::F64(21.5))),
+                ("sp", Ok(Value::F64(20.0))),
+            ]),
+            &json!({}),
+        );
+        assert_eq!(
+            first,
+            json!({"climate": {"temperature": 21.5}, "setpoint": 20.0})
+        );
+        let held = json!({"climate": {"temperature": 21.5}, "setpoint": 20.0});
+        let small = reported_patch(&points, &poll(vec![("t", Ok(Value::F64(21.8)))]), &held);
+        assert_eq!(small, json!({}), "0.3 is inside the 0.5 deadband");
+        let big = reported_patch(&points, &poll(vec![("t", Ok(Value::F64(22.0)))]), &held);
+        assert_eq!(big, json!({"climate": {"temperature": 22.0}}));
+        let failed = reported_patch(&points, &poll(vec![("t", Err(PointError::Timeout))]), &held);
+        assert_eq!(
+            failed,
+            json!({}),
+            "a failed read leaves the value as it was"
+        );
+    }
+
+    #[test]
+    fn a_reading_of_an_acknowledged_property_updates_only_the_ack_value() {
+        let held = json!({"setpoint": {"value": 22.5, "ac": 200, "av": 3}});
+        let patch = reported_patch(
+            &[setpoint()],
+            &poll(vec![("sp", Ok(Value::F64(23.0)))]),
+            &held,
+        );
+        assert_eq!(patch, json!({"setpoint": {"value": 23.0}}));
+        let same = reported_patch(
+            &[setpoint()],
+            &poll(vec![("sp", Ok(Value::F64(22.5)))]),
+            &held,
+        );
+        assert_eq!(same, json!({}));
+    }
+
+    #[test]
+    fn desired_plan_writes_new_versions_and_refuses_what_it_cannot() {
+        let points = [temperature(), setpoint()];
+        let desired = json!({"setpoint": 22.5, "climate": 1, "colour": "red", "$version": 4});
+        let actions = plan_desired(&points, &desired, 4, &BTreeMap::new());
+        assert_eq!(actions.len(), 3, "{actions:?}");
+        assert!(actions.iter().any(|a| matches!(a,
+            DesiredAction::Write { property, value: Value::F64(v), .. } if property == "setpoint" && (*v - 22.5).abs() < 1e-9)));
+        assert!(actions.iter().any(|a| matches!(a,
+            DesiredAction::Refuse { property, reason, .. } if property == "colour" && reason.contains("unknown"))));
+        assert!(actions.iter().any(|a| matches!(a,
+            DesiredAction::Refuse { property, .. } if property == "climate")));
+        let wrong = plan_desired(&points, &json!({"setpoint": "hot"}), 5, &BTreeMap::new());
+        assert!(
+            matches!(&wrong[..], [DesiredAction::Refuse { reason, .. }] if reason.contains("number"))
+        );
+        let applied = BTreeMap::from([("setpoint".to_owned(), 4)]);
+        assert!(
+            plan_desired(&points, &json!({"setpoint": 22.5}), 4, &applied).is_empty(),
+            "a version is written once"
+        );
+    }
+
+    #[test]
+    fn read_back_is_compared_in_the_points_own_terms() {
+        let sp = setpoint().point;
+        assert!(read_back_matches(
+            &sp,
+            &Value::F64(22.5),
+            &Value::F64(22.500_000_000_000_004)
+        ));
+        assert!(!read_back_matches(
+            &sp,
+            &Value::F64(22.5),
+            &Value::F64(22.6)
+        ));
+        let f = Point::new("f", Table::Holding, 0, DataType::F32).expect("valid");
+        let written = 0.1_f64;
+        let read = f64::from(0.1_f32);
+        assert!(read_back_matches(
+            &f,
+            &Value::F64(written),
+            &Value::F64(read)
+        ));
+    }
+
+    #[test]
+    fn health_names_the_gateway_and_refreshes_last_good_read_sparingly() {
+        let placement = Placement {
+            gateway: "gw-1".into(),
+            bus: "rs485-a".into(),
+            unit: 7,
+        };
+        let mut unit = UnitHealth::new(7);
+        unit.online = true;
+        unit.last_success = Some(SystemTime::UNIX_EPOCH + Duration::from_mins(30_000_000));
+        let first = health_object(&placement, Some(&unit), true, None);
+        assert_eq!(first["id"], "gw-1");
+        assert_eq!(first["online"], true);
+        assert_eq!(first["lastGoodRead"], "2027-01-15T08:00:00Z");
+        unit.last_success = Some(SystemTime::UNIX_EPOCH + Duration::from_mins(30_000_001));
+        let later = health_object(&placement, Some(&unit), true, Some(&first));
+        assert_eq!(later, first, "a minute later nothing changes");
+        unit.online = false;
+        unit.last_error = Some("timeout".into());
+        let offline = health_object(&placement, Some(&unit), true, Some(&first));
+        assert_eq!(offline["online"], false);
+        assert_eq!(offline["lastError"], "timeout");
+        let port_down = health_object(&placement, Some(&unit), false, Some(&first));
+        assert_eq!(port_down["online"], false);
+    }
+
+    #[test]
+    fn stale_keys_are_removed_at_any_depth_but_health_and_refusals_stay() {
+        let points = [temperature(), setpoint()];
+        let local = json!({
+            "climate": {"temperature": 21.0, "humidity": 40},
+            "setpoint": {"value": 20.0, "ac": 200, "av": 1},
+            "old": 1,
+            "gateway": {"online": true},
+            "colour": {"value": "red", "ac": 400, "av": 2, "ad": "unknown property"},
+        });
+        assert_eq!(
+            stale_keys_patch(&points, &local),
+            json!({"climate": {"humidity": null}, "old": null})
+        );
+    }
+}
