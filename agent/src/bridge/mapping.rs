@@ -518,7 +518,7 @@ mod tests {
         };
         let mut unit = UnitHealth::new(7);
         unit.online = true;
-        unit.last_success = Some(SystemTime::UNIX_EPOCH + Duration::from_mins(30_000_000));
+        unit.last_success = Some(SystemTime::UNIX_EPOCH + Duration::from_hours(500_000));
         let first = health_object(&placement, Some(&unit), true, None);
         assert_eq!(first["id"], "gw-1");
         assert_eq!(first["online"], true);
