@@ -9,8 +9,7 @@ use device_protocols::point::{DataType, Order, Point, Table};
 use device_protocols::serial::SerialSettings;
 use device_protocols::sim::{RtuSim, SimMap, UnitMap};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
-use twinbridge::bridge::{BusSpec, DeviceMap, PointMap, run_bus};
+use twinbridge::bridge::{BusSpec, DeviceMap, PointMap};
 use twinbridge::service::Runtime;
 use twinbridge_e2e::{DEADLINE, TestHub, eventually, runtime_spec};
 
@@ -35,13 +34,11 @@ fn f32_cdab(value: f32) -> [u16; 2] {
 }
 
 /// The hub, a simulated RTU line with a boiler (unit 1) and an energy meter (unit 2), the
-/// runtime, and the bridge of that line.
+/// runtime with the bridge of that line.
 struct Site {
     hub: TestHub,
     sim: RtuSim,
     runtime: Runtime,
-    stop: CancellationToken,
-    bridge: tokio::task::JoinHandle<Result<(), twinbridge::bridge::BridgeError>>,
     _dir: tempfile::TempDir,
 }
 
@@ -60,15 +57,6 @@ async fn start_site() -> Site {
             .with_unit(2, UnitMap::new().with_input(0, &f32_cdab(1234.5))),
     )
     .expect("simulator starts");
-    let spec = runtime_spec(
-        &hub,
-        &dir.path().join("tb.db"),
-        "gw-1",
-        &["boiler-01", "meter-01"],
-    );
-    let runtime = Runtime::start(spec).await.expect("runtime starts");
-    let handle = runtime.handle();
-
     let mut bus = BusConfig::new(
         "rs485-a",
         BusTransport::Serial(SerialSettings::new(sim.path())),
@@ -108,23 +96,22 @@ async fn start_site() -> Site {
             None,
         )],
     };
-    let stop = CancellationToken::new();
-    let bridge = tokio::spawn(run_bus(
-        BusSpec {
-            config: bus,
-            devices: vec![boiler, meter],
-        },
-        "gw-1".into(),
-        handle.clone(),
-        stop.clone(),
-    ));
+    let mut spec = runtime_spec(
+        &hub,
+        &dir.path().join("tb.db"),
+        "gw-1",
+        &["boiler-01", "meter-01"],
+    );
+    spec.buses = vec![BusSpec {
+        config: bus,
+        devices: vec![boiler, meter],
+    }];
+    let runtime = Runtime::start(spec).await.expect("runtime starts");
 
     Site {
         hub,
         sim,
         runtime,
-        stop,
-        bridge,
         _dir: dir,
     }
 }
@@ -135,8 +122,6 @@ async fn field_values_reach_the_hub_and_desired_values_reach_the_device() {
         hub,
         sim,
         runtime,
-        stop,
-        bridge,
         _dir,
     } = start_site().await;
     let hub_ref = &hub;
@@ -226,11 +211,6 @@ async fn field_values_reach_the_hub_and_desired_values_reach_the_device() {
     );
     assert_eq!(sim.handle().holding(1, 100), Some(225));
 
-    stop.cancel();
-    bridge
-        .await
-        .expect("bridge task")
-        .expect("bridge stops cleanly");
     runtime.shutdown().await.expect("clean shutdown");
 }
 
@@ -240,8 +220,6 @@ async fn a_silent_unit_shows_offline_while_the_other_keeps_its_cycle() {
         hub,
         sim,
         runtime,
-        stop,
-        bridge,
         _dir,
     } = start_site().await;
     let hub_ref = &hub;
@@ -261,10 +239,5 @@ async fn a_silent_unit_shows_offline_while_the_other_keeps_its_cycle() {
     })
     .await;
 
-    stop.cancel();
-    bridge
-        .await
-        .expect("bridge task")
-        .expect("bridge stops cleanly");
     runtime.shutdown().await.expect("clean shutdown");
 }

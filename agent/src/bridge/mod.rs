@@ -89,6 +89,8 @@ pub async fn run_bus(
     handle: RuntimeHandle,
     stop: CancellationToken,
 ) -> Result<(), BridgeError> {
+    // Our own token: ending this bridge (its writers included) must not stop the runtime.
+    let stop = stop.child_token();
     let bus_name = spec.config.name.clone();
     let units = spec
         .devices

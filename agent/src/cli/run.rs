@@ -44,6 +44,7 @@ pub fn runtime_spec(checked: &Checked) -> RuntimeSpec {
         pacing: config.pacing(),
         gateway: gateway.expect("credentials::resolve always yields the gateway's identity"),
         devices,
+        buses: Vec::new(),
         summary_every: SUMMARY_EVERY,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     }
