@@ -532,6 +532,8 @@ struct Parsed {
     name_pos: Pos,
     /// The `property` value, or the name when the property defaults to it.
     property_pos: Pos,
+    /// `property`, or `name` when the property defaults to it.
+    property_field: &'static str,
 }
 
 /// The points of one device or profile (`owner` is its context, e.g. `device "m"`): each
@@ -595,7 +597,7 @@ fn points_list(items: &[Node], owner: &str, sink: &mut Sink<'_>) -> Option<Vec<P
             sink.push(
                 p.property_pos,
                 context,
-                "property",
+                p.property_field,
                 format!(
                     "reported.{shown} {clash} reported.{} of point {:?} (at {}): each point needs its own twin property, and a value cannot also hold members",
                     theirs.join("."),
@@ -618,16 +620,16 @@ fn point(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Parsed> {
     let before = sink.errors.len();
     section.deny_unknown(POINT_KEYS, sink);
     for (key, why) in [
-        ("name", "a point needs a name"),
+        ("name", "every point needs a name"),
         (
             "table",
-            "one of \"coil\", \"discrete_input\", \"input\", \"holding\"",
+            "the table, one of \"coil\", \"discrete_input\", \"input\", \"holding\"",
         ),
         ("address", "the zero-based register or bit address"),
         ("type", "the data type, e.g. \"u16\" or \"f32\""),
     ] {
         if section.get(key).is_none() {
-            section.missing(sink, key, &format!("required: {why}"));
+            section.missing(sink, key, why);
         }
     }
     let name = match section.string("name", sink) {
@@ -801,6 +803,11 @@ fn point(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Parsed> {
         },
         name_pos,
         property_pos,
+        property_field: if section.get("property").is_some() {
+            "property"
+        } else {
+            "name"
+        },
     })
 }
 
