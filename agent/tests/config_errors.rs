@@ -39,11 +39,11 @@ fn every_error_of_the_bad_fixture_is_reported_with_its_place() {
         "config.toml:32:1: device #3: id: missing: the identity's device id in the hub is required",
         r#"config.toml:35:1: device "cam-01": key_file: missing: required with auth = "x509""#,
         r#"config.toml:39:1: device "cam-01": keys_file: only used with auth = "sas", but this identity's auth is "x509""#,
-        r#"config.d/10-meters.toml:4:1: device "meter-02": poll: unknown key (expected one of: id, history, history_max_bytes, history_max_age, auth, keys_file, group_key_file, cert_file, key_file)"#,
+        r#"config.d/10-meters.toml:4:1: device "meter-02": poll: only used with bus (a device without bus is an identity only)"#,
         r#"config.d/10-meters.toml:5:1: device "meter-02": history_max_age: only used with history = "every-change""#,
         r#"config.d/10-meters.toml:10:19: device "meter-03": history_max_age: expected a duration like "5s", got "fast""#,
         r#"config.d/10-meters.toml:11:21: device "meter-03": history_max_bytes: expected a positive number of bytes, got 0"#,
-        "config.d/10-meters.toml:13:3: bus: unknown key (expected one of: gateway, hub, device)",
+        r#"config.d/10-meters.toml:13:1: bus "rs485-a": port: missing: a bus needs port (a serial line), tcp (Modbus TCP) or rtu_over_tcp"#,
     ];
     assert_eq!(error_lines(&errors, dir.path()), expected);
     // Display is one error per line, in the same order.

@@ -41,6 +41,9 @@ pub fn run(
         Ok(checked) => {
             // A closed stdout is no reason to call a valid configuration invalid.
             let _ = write_summary(&checked, out);
+            for warning in checked.config.warnings() {
+                let _ = writeln!(err, "warning: {warning}");
+            }
             0
         }
         Err(errors) => {
@@ -71,9 +74,28 @@ fn write_summary(checked: &Checked, out: &mut dyn Write) -> std::io::Result<()> 
         config.devices.len(),
         if config.devices.len() == 1 { "" } else { "s" }
     )?;
+    for bus in &config.buses {
+        let devices: Vec<_> = config
+            .devices
+            .iter()
+            .filter_map(|d| d.field.as_ref())
+            .filter(|f| f.bus == bus.name)
+            .collect();
+        let points: usize = devices.iter().map(|f| f.points.len()).sum();
+        writeln!(
+            out,
+            "bus {}: {} ({} device{}, {} point{})",
+            bus.name,
+            bus.config.transport,
+            devices.len(),
+            if devices.len() == 1 { "" } else { "s" },
+            points,
+            if points == 1 { "" } else { "s" }
+        )?;
+    }
     writeln!(out, "store: {}", config.store_path().display())?;
     writeln!(out, "files read:")?;
-    for file in &config.files {
+    for file in config.files.iter().chain(&config.profile_files) {
         writeln!(out, "  {}", file.display())?;
     }
     Ok(())

@@ -64,13 +64,17 @@
 //! entries by `name` the way they match devices by `id`.
 
 mod error;
+mod field;
 mod schema;
 mod tree;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use device_protocols::backoff::BackoffConfig;
+use device_protocols::bus::{BusConfig, Transport, UnitConfig};
+use device_protocols::point::Point;
 
 use crate::hub;
 use crate::store::HistoryLimits;
@@ -91,6 +95,14 @@ pub const PATH_ENV: &str = "TWINBRIDGE_CONFIG";
 /// The drop-in directory's name, beside the main file.
 pub const DROP_IN_DIR: &str = "config.d";
 
+/// The profile directory's name, beside the main file: `profile = "NAME"` is
+/// `profiles/NAME.toml` there, else in [`SYSTEM_PROFILE_DIR`].
+pub const PROFILE_DIR: &str = "profiles";
+
+/// Where the package installs its profiles; a profile of the same name beside the
+/// configuration takes precedence.
+pub const SYSTEM_PROFILE_DIR: &str = "/usr/share/twinbridge/profiles";
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -100,8 +112,13 @@ pub struct Config {
     pub hub: HubConfig,
     /// `[[device]]`, in file order (merged devices keep their first position).
     pub devices: Vec<DeviceConfig>,
-    /// The files read, in merge order.
+    /// `[[bus]]`, in file order (merged buses keep their first position).
+    pub buses: Vec<BusSettings>,
+    /// The configuration files read, in merge order.
     pub files: Vec<PathBuf>,
+    /// The profile files read (each once, however many devices use it), in the order they
+    /// were first named.
+    pub profile_files: Vec<PathBuf>,
 }
 
 /// `[gateway]`: the gateway's own identity and local state.
@@ -157,6 +174,64 @@ pub struct DeviceConfig {
     /// How the device identity authenticates (hub defaults applied).
     pub auth: AuthConfig,
     /// Where the id is set (for messages about this identity).
+    pub defined_at: Location,
+    /// The device's place on a field bus and its point map; `None` for an identity-only
+    /// device (no `bus`).
+    pub field: Option<FieldBinding>,
+}
+
+/// `[[bus]]`: one field bus (a serial line, a Modbus TCP endpoint, or RTU over TCP).
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// The bus's name (`[[bus]] name`), which devices refer to.
+    pub name: String,
+    /// The settings for [`device_protocols::bus::Bus::spawn`] (bus defaults where the
+    /// configuration says nothing).
+    pub config: BusConfig,
+    /// Where the name is set.
+    pub defined_at: Location,
+}
+
+/// A device's field side: which unit on which bus, how often to poll it, and its points.
+#[derive(Debug, Clone)]
+pub struct FieldBinding {
+    /// The bus's name; always names one of [`Config::buses`].
+    pub bus: String,
+    /// The unit (slave) id, 1–247, unique on its bus.
+    pub unit: u8,
+    /// Poll period.
+    pub poll: Duration,
+    /// The points, in file order; names and property paths unique within the device.
+    pub points: Vec<PointBinding>,
+    /// The profile the points came from (`profile = "…"`), `None` for inline points.
+    pub profile: Option<String>,
+}
+
+impl FieldBinding {
+    /// The unit as [`device_protocols::bus::Bus::spawn`] takes it (the bus's planner limits).
+    pub fn unit_config(&self) -> UnitConfig {
+        UnitConfig::new(
+            self.unit,
+            self.poll,
+            self.points.iter().map(|p| p.point.clone()).collect(),
+        )
+    }
+}
+
+/// One point of a device and the twin property it maps to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointBinding {
+    /// The point (validated by `device_protocols`' rules).
+    pub point: Point,
+    /// The property path under `reported` (and, for a writable point, under `desired`):
+    /// `["power", "active"]` for `property = "power.active"`. Never empty; each key obeys
+    /// the hub's key rules; the first key is never `gateway`.
+    pub property: Vec<String>,
+    /// Changes smaller than this (in engineering units) are not reported; `None`: every
+    /// change is.
+    pub deadband: Option<f64>,
+    /// Where the point is defined (its table or inline table), in the configuration or in a
+    /// profile file.
     pub defined_at: Location,
 }
 
@@ -255,6 +330,50 @@ impl Config {
         settings.request_timeout = h.request_timeout;
         settings.backoff = h.backoff;
         settings
+    }
+
+    /// Warnings about a configuration that is valid but will not work as asked: each serial
+    /// bus whose poll cycle (the wire time of every unit's planned reads, see [`wire`])
+    /// takes longer than the shortest poll period of its devices. TCP buses are not checked.
+    /// Each line is one warning, without a `warning:` prefix.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for bus in &self.buses {
+            let Transport::Serial(serial) = &bus.config.transport else {
+                continue;
+            };
+            let fields: Vec<&FieldBinding> = self
+                .devices
+                .iter()
+                .filter_map(|d| d.field.as_ref())
+                .filter(|f| f.bus == bus.name)
+                .collect();
+            let Some(shortest) = fields.iter().map(|f| f.poll).min() else {
+                continue;
+            };
+            let points: Vec<Vec<Point>> = fields
+                .iter()
+                .map(|f| f.points.iter().map(|p| p.point.clone()).collect())
+                .collect();
+            let units: Vec<&[Point]> = points.iter().map(Vec::as_slice).collect();
+            let needed = wire::cycle_wire_time(
+                serial.baud,
+                bus.config.turnaround,
+                &bus.config.limits,
+                &units,
+            );
+            if needed > shortest {
+                warnings.push(format!(
+                    "bus {} needs {} per cycle at {} baud, devices ask every {} ({} more than that; raise the baud rate or the poll periods)",
+                    bus.name,
+                    wire::format_seconds(needed),
+                    serial.baud,
+                    wire::format_seconds(shortest),
+                    wire::format_seconds(needed.saturating_sub(shortest)),
+                ));
+            }
+        }
+        warnings
     }
 
     /// The gateway-wide pacing. Each bucket holds one second's worth of tokens (at least

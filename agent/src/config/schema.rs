@@ -8,6 +8,7 @@ use std::time::Duration;
 use device_protocols::backoff::BackoffConfig;
 
 use super::error::{ConfigError, ConfigErrors};
+use super::field::{self, BusNames, Profiles};
 use super::tree::{self, Entry, Node, Pos, Sources, Table, Value};
 use super::{
     AuthConfig, Config, DEFAULT_HISTORY_MAX_AGE, DEFAULT_HISTORY_MAX_BYTES, DROP_IN_DIR,
@@ -79,28 +80,34 @@ fn base_dir(path: &Path) -> PathBuf {
 
 /// Parses, merges and validates `texts` (the main file first), collecting all errors.
 pub(super) fn load_texts(main: &Path, texts: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> {
-    let sources = Sources {
+    let mut sources = Sources {
         base_dir: base_dir(main),
         files: texts.iter().map(|(p, _)| p.clone()).collect(),
     };
-    let mut sink = Sink {
-        sources: &sources,
-        errors: Vec::new(),
-    };
+    let mut errors = Vec::new();
     let mut root = Table::new();
     for (file, (_, text)) in texts.iter().enumerate() {
-        let (table, errors) = tree::parse_file(text, file, &sources);
-        sink.errors.extend(errors);
+        let (table, file_errors) = tree::parse_file(text, file, &sources);
+        errors.extend(file_errors);
         tree::merge_root(&mut root, table);
     }
     // A file with syntax errors yields a best-effort tree whose values may be placeholders:
     // validating it would add confusing errors, so syntax errors are reported alone.
-    let config = if sink.errors.is_empty() {
-        validate(&root, &mut sink)
+    let config = if errors.is_empty() {
+        // Profiles are read first so that their files have places in `sources`; their
+        // syntax errors only fail the devices that use them.
+        let dirs = field::profile_dirs(&sources.base_dir);
+        let (mut profiles, profile_errors) = field::load_profiles(&root, &dirs, &mut sources);
+        let mut sink = Sink {
+            sources: &sources,
+            errors: profile_errors,
+        };
+        let config = validate(&root, texts.len(), &mut profiles, &mut sink);
+        errors = sink.errors;
+        config
     } else {
         None
     };
-    let mut errors = sink.errors;
     errors.sort_by_key(|(pos, _)| *pos);
     match config {
         Some(config) if errors.is_empty() => Ok(config),
@@ -109,13 +116,19 @@ pub(super) fn load_texts(main: &Path, texts: &[(PathBuf, String)]) -> Result<Con
 }
 
 /// Collects errors with their positions (for sorting into file order).
-struct Sink<'s> {
-    sources: &'s Sources,
-    errors: Vec<(Option<Pos>, ConfigError)>,
+pub(super) struct Sink<'s> {
+    pub(super) sources: &'s Sources,
+    pub(super) errors: Vec<(Option<Pos>, ConfigError)>,
 }
 
 impl Sink<'_> {
-    fn push(&mut self, pos: Pos, context: &str, field: &str, message: impl Into<String>) {
+    pub(super) fn push(
+        &mut self,
+        pos: Pos,
+        context: &str,
+        field: &str,
+        message: impl Into<String>,
+    ) {
         let location = Some(self.sources.location(pos));
         self.errors.push((
             Some(pos),
@@ -125,21 +138,21 @@ impl Sink<'_> {
 }
 
 /// A table being validated: its entries, where it starts, how errors name it.
-struct Section<'t> {
-    table: &'t Table,
+pub(super) struct Section<'t> {
+    pub(super) table: &'t Table,
     /// The table's header, or the place to report missing keys at.
-    pos: Pos,
+    pub(super) pos: Pos,
     /// `hub`, `device "meter-01"`…
-    context: String,
+    pub(super) context: String,
     /// Prefix of field names for nested tables (`backoff.`).
-    prefix: String,
+    pub(super) prefix: String,
 }
 
 const EMPTY: &Table = &Table::new();
 
 impl<'t> Section<'t> {
     /// A top-level section (`hub`) or an entry of an array of tables (`device "m"`).
-    fn new(table: &'t Table, pos: Pos, context: &str) -> Self {
+    pub(super) fn new(table: &'t Table, pos: Pos, context: &str) -> Self {
         Self {
             table,
             pos,
@@ -148,16 +161,16 @@ impl<'t> Section<'t> {
         }
     }
 
-    fn field(&self, key: &str) -> String {
+    pub(super) fn field(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    fn get(&self, key: &str) -> Option<&'t Entry> {
+    pub(super) fn get(&self, key: &str) -> Option<&'t Entry> {
         self.table.get(key)
     }
 
     /// Reports every key not in `allowed`.
-    fn deny_unknown(&self, allowed: &[&str], sink: &mut Sink<'_>) {
+    pub(super) fn deny_unknown(&self, allowed: &[&str], sink: &mut Sink<'_>) {
         for (key, entry) in self.table {
             if !allowed.contains(&key.as_str()) {
                 sink.push(
@@ -170,7 +183,7 @@ impl<'t> Section<'t> {
         }
     }
 
-    fn wrong(&self, sink: &mut Sink<'_>, key: &str, node: &Node, expected: &str) {
+    pub(super) fn wrong(&self, sink: &mut Sink<'_>, key: &str, node: &Node, expected: &str) {
         sink.push(
             node.pos,
             &self.context,
@@ -179,7 +192,7 @@ impl<'t> Section<'t> {
         );
     }
 
-    fn missing(&self, sink: &mut Sink<'_>, key: &str, why: &str) {
+    pub(super) fn missing(&self, sink: &mut Sink<'_>, key: &str, why: &str) {
         sink.push(
             self.pos,
             &self.context,
@@ -188,7 +201,7 @@ impl<'t> Section<'t> {
         );
     }
 
-    fn string(&self, key: &str, sink: &mut Sink<'_>) -> Option<(&'t str, Pos)> {
+    pub(super) fn string(&self, key: &str, sink: &mut Sink<'_>) -> Option<(&'t str, Pos)> {
         let node = &self.get(key)?.node;
         if let Value::String(s) = &node.value {
             Some((s, node.pos))
@@ -198,7 +211,7 @@ impl<'t> Section<'t> {
         }
     }
 
-    fn choice<'c>(
+    pub(super) fn choice<'c>(
         &self,
         key: &str,
         choices: &[&'c str],
@@ -217,8 +230,24 @@ impl<'t> Section<'t> {
         None
     }
 
+    /// A boolean.
+    pub(super) fn boolean(&self, key: &str, sink: &mut Sink<'_>) -> Option<bool> {
+        let node = &self.get(key)?.node;
+        if let Value::Boolean(b) = node.value {
+            Some(b)
+        } else {
+            self.wrong(sink, key, node, "true or false");
+            None
+        }
+    }
+
     /// A duration string (humantime: "5s", "1h 30m", "250ms") of at least `min`.
-    fn duration(&self, key: &str, min: Duration, sink: &mut Sink<'_>) -> Option<Duration> {
+    pub(super) fn duration(
+        &self,
+        key: &str,
+        min: Duration,
+        sink: &mut Sink<'_>,
+    ) -> Option<Duration> {
         let node = &self.get(key)?.node;
         let Some(d) = node
             .value
@@ -249,7 +278,7 @@ impl<'t> Section<'t> {
     }
 
     /// A number (integer or float) within `range` (inclusive; `what` describes it).
-    fn number(
+    pub(super) fn number(
         &self,
         key: &str,
         ok: impl Fn(f64) -> bool,
@@ -274,7 +303,7 @@ impl<'t> Section<'t> {
     }
 
     /// An integer within `min..=max` (`what` describes the range).
-    fn integer(
+    pub(super) fn integer(
         &self,
         key: &str,
         min: i64,
@@ -293,7 +322,7 @@ impl<'t> Section<'t> {
     }
 
     /// A non-empty path string, resolved against the configuration directory.
-    fn path(&self, key: &str, sink: &mut Sink<'_>) -> Option<FileSetting> {
+    pub(super) fn path(&self, key: &str, sink: &mut Sink<'_>) -> Option<FileSetting> {
         let node = &self.get(key)?.node;
         match node.value.as_str() {
             Some(s) if !s.is_empty() => Some(FileSetting {
@@ -308,7 +337,7 @@ impl<'t> Section<'t> {
     }
 
     /// A sub-table (`[hub.backoff]`); an empty one when absent.
-    fn sub(&self, key: &str, sink: &mut Sink<'_>) -> Option<Section<'t>> {
+    pub(super) fn sub(&self, key: &str, sink: &mut Sink<'_>) -> Option<Section<'t>> {
         let sub = |table, pos| Section {
             table,
             pos,
@@ -353,8 +382,13 @@ fn top_table<'t>(root: &'t Table, key: &str, sink: &mut Sink<'_>) -> Option<(&'t
     }
 }
 
-fn validate(root: &Table, sink: &mut Sink<'_>) -> Option<Config> {
-    Section::new(root, START, "").deny_unknown(&["gateway", "hub", "device"], sink);
+fn validate(
+    root: &Table,
+    config_files: usize,
+    profiles: &mut Profiles,
+    sink: &mut Sink<'_>,
+) -> Option<Config> {
+    Section::new(root, START, "").deny_unknown(&["gateway", "hub", "bus", "device"], sink);
 
     let section_of = |key: &str, why: &str, sink: &mut Sink<'_>| {
         if root.get(key).is_none() {
@@ -379,13 +413,16 @@ fn validate(root: &Table, sink: &mut Sink<'_>) -> Option<Config> {
         let entry = g.get("id")?;
         Some((entry.node.value.as_str()?, entry.node.pos))
     });
-    let devices = devices(root, &defaults, gateway_id, sink);
+    let (buses, bus_names) = field::buses(root, sink);
+    let devices = devices(root, &defaults, gateway_id, &bus_names, profiles, sink);
 
     Some(Config {
         gateway: gateway_config?,
         hub: hub_config?,
         devices: devices?,
-        files: sink.sources.files.clone(),
+        buses: buses?,
+        files: sink.sources.files[..config_files].to_vec(),
+        profile_files: sink.sources.files[config_files..].to_vec(),
     })
 }
 
@@ -750,6 +787,8 @@ fn devices(
     root: &Table,
     defaults: &AuthDefaults,
     gateway_id: Option<(&str, Pos)>,
+    buses: &BusNames<'_>,
+    profiles: &mut Profiles,
     sink: &mut Sink<'_>,
 ) -> Option<Vec<DeviceConfig>> {
     let Some(entry) = root.get("device") else {
@@ -770,6 +809,8 @@ fn devices(
     let mut ok = true;
     let mut devices = Vec::new();
     let mut first_seen: HashMap<&str, Pos> = HashMap::new();
+    // (bus, unit) -> (device, where its unit is set): a unit id is unique on its bus.
+    let mut units: HashMap<(String, u8), (String, Pos)> = HashMap::new();
     for (n, item) in items.iter().enumerate() {
         let Value::Table(table) = &item.value else {
             sink.push(
@@ -786,7 +827,7 @@ fn devices(
             None => format!("device #{}", n + 1),
         };
         let section = Section::new(table, item.pos, &context);
-        let device = device(&section, defaults, sink);
+        let device = device(&section, defaults, buses, profiles, sink);
         if let Some((id, pos)) = table
             .get("id")
             .and_then(|e| Some((e.node.value.as_str()?, e.node.pos)))
@@ -819,7 +860,29 @@ fn devices(
             }
         }
         match device {
-            Some(d) => devices.push(d),
+            Some(d) => {
+                if let Some(field) = &d.field {
+                    let pos = table.get("unit").map_or(item.pos, |e| e.node.pos);
+                    let key = (field.bus.clone(), field.unit);
+                    if let Some((other, at)) = units.get(&key) {
+                        sink.push(
+                            pos,
+                            &section.context,
+                            "unit",
+                            format!(
+                                "unit {} on bus {:?} is already device {other:?}'s (at {})",
+                                field.unit,
+                                field.bus,
+                                sink.sources.location(*at)
+                            ),
+                        );
+                        ok = false;
+                    } else {
+                        units.insert(key, (d.id.clone(), pos));
+                    }
+                }
+                devices.push(d);
+            }
             None => ok = false,
         }
     }
@@ -829,10 +892,13 @@ fn devices(
 fn device(
     section: &Section<'_>,
     defaults: &AuthDefaults,
+    buses: &BusNames<'_>,
+    profiles: &mut Profiles,
     sink: &mut Sink<'_>,
 ) -> Option<DeviceConfig> {
     let mut allowed = DEVICE_KEYS.to_vec();
     allowed.extend(AUTH_KEYS);
+    allowed.extend(field::DEVICE_FIELD_KEYS);
     section.deny_unknown(&allowed, sink);
     let id = identity_id(section, sink);
     let every_change = section.choice("history", &["latest", "every-change"], sink);
@@ -875,18 +941,21 @@ fn device(
         None
     };
     let auth = auth(section, defaults, sink);
+    let field = field::binding(section, buses, profiles, sink);
     let (id, pos) = id?;
     let auth = auth?;
+    let field = field.ok()?;
     ok.then(|| DeviceConfig {
         id: id.to_owned(),
         history,
         auth,
         defined_at: sink.sources.location(pos),
+        field,
     })
 }
 
 /// A host name or IP address: no scheme, port or path.
-fn check_host(host: &str) -> Result<(), &'static str> {
+pub(super) fn check_host(host: &str) -> Result<(), &'static str> {
     if host.contains("://") {
         return Err("expected a host name without scheme, like \"myhub.azure-devices.net\"");
     }

@@ -1,0 +1,401 @@
+//! The field side of the configuration: `[[bus]]`, devices on buses, points, profiles, and
+//! the wire-time warnings.
+
+mod config_common;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use config_common::{copy_fixture, error_lines, write};
+use device_protocols::bus::Transport;
+use device_protocols::point::{DataType, Order, Point, Table};
+use device_protocols::serial::{Parity, SerialSettings};
+use twinbridge::config::Config;
+
+const HEAD: &str = "[gateway]\nid = \"gw\"\n[hub]\nhost = \"127.0.0.1\"\n";
+
+fn errors_of(dir: &Path, text: &str) -> Vec<String> {
+    let path = write(dir, "config.toml", text);
+    let errors = Config::load(&path).expect_err("the configuration is invalid");
+    error_lines(&errors, dir)
+}
+
+#[test]
+fn every_field_error_of_the_bad_fixture_is_reported_with_its_place() {
+    let (dir, path) = copy_fixture("field-bad");
+    let errors = Config::load(&path).unwrap_err();
+    let expected = [
+        r#"config.toml:9:8: bus "rs485 a": name: expected a name like "rs485-a" (letters, digits, '-', '_', '.'), got "rs485 a""#,
+        r#"config.toml:10:8: bus "rs485 a": port: expected an absolute device path like "/dev/serial/by-id/usb-…-if00-port0", got "ttyUSB0""#,
+        r#"config.toml:11:8: bus "rs485 a": baud: expected a baud rate like 9600 or 19200, got 0"#,
+        r#"config.toml:12:10: bus "rs485 a": parity: expected one of "none", "even", "odd", got "mark""#,
+        r#"config.toml:13:13: bus "rs485 a": data_bits: expected 8 (Modbus RTU characters have 8 data bits), got 7"#,
+        r#"config.toml:14:13: bus "rs485 a": stop_bits: expected 1 or 2, got 3"#,
+        r#"config.toml:15:11: bus "rs485 a": timeout: must be more than 0, got "0s""#,
+        r#"config.toml:16:14: bus "rs485 a": turnaround: expected a duration like "5s", got "soon""#,
+        r#"config.toml:17:1: bus "rs485 a": rtu: unknown key (expected one of: name, port, baud, parity, data_bits, stop_bits, tcp, rtu_over_tcp, timeout, turnaround)"#,
+        r#"config.toml:21:7: bus "tcp-1": tcp: bad port: expected host:port like "10.0.0.5:502" or "plc.local", got "plc.local:99999""#,
+        r#"config.toml:22:1: bus "tcp-1": baud: only used with port (a serial line)"#,
+        r#"config.toml:27:1: bus "both": tcp: a bus has one of port, tcp or rtu_over_tcp, and this one has port already"#,
+        r#"config.toml:35:8: bus "line-b2": port: /dev/ttyUSB2 is already used by bus "line-b" (at config.toml:31:8): one bus per line or endpoint"#,
+        r#"config.toml:39:7: device "m1": bus: no [[bus]] named "nope" (the buses are "both", "line-b", "line-b2", "rs485 a", "tcp-1")"#,
+        r#"config.toml:40:8: device "m1": unit: expected a unit id from 1 to 247, got 0"#,
+        r#"config.toml:41:8: device "m1": poll: expected a duration like "5s", got "fast""#,
+        r#"config.toml:42:11: device "m1": profile: no profile "missing-profile": looked for profiles/missing-profile.toml and /usr/share/twinbridge/profiles/missing-profile.toml"#,
+        r#"config.toml:49:53: device "m2": point "t": type: type f32 cannot live in the coil table (coils and discrete inputs hold type = "bool")"#,
+        r#"config.toml:50:72: device "m2": point "u": writable: the input table is read-only, writable = true is not possible"#,
+        r#"config.toml:51:25: device "m2": point "v": table: expected one of "coil", "discrete_input", "input", "holding", got "register""#,
+        r#"config.toml:51:47: device "m2": point "v": address: expected an address from 0 to 65535, got 70000"#,
+        r#"config.toml:51:61: device "m2": point "v": type: expected one of "bool", "bit", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "string", got "float""#,
+        r#"config.toml:51:78: device "m2": point "v": order: expected one of "ABCD", "CDAB", "BADC", "DCBA", got "little-ish""#,
+        r#"config.toml:52:3: device "m2": point "w": bit: missing: type = "bit" needs bit = 0..15"#,
+        r#"config.toml:53:71: device "m2": point "x": scale: expected a non-zero number, got 0"#,
+        r#"config.toml:53:85: device "m2": point "x": deadband: expected a number of at least 0, got -1"#,
+        r#"config.toml:53:89: device "m2": point "x": colour: unknown key (expected one of: name, table, address, type, bit, length, order, scale, offset, unit, writable, write_multiple, property, deadband)"#,
+        r#"config.toml:54:46: device "m2": point "y": address: address 65535 + 2 registers runs past 65535"#,
+        r#"config.toml:55:64: device "m2": point "s": deadband: only applies to numeric points, not bool"#,
+        r#"config.toml:55:78: device "m2": point "s": length: only used with type = "string""#,
+        r#"config.toml:57:12: device "m2": point "p": name: reported.p contains reported.p.q of point "p.q" (at config.toml:56:12): each point needs its own twin property, and a value cannot also hold members"#,
+        r#"config.toml:58:12: device "m2": point "gateway": name: expected a twin property path like "power.active", got "gateway": "gateway" is reserved at the top level (the gateway's link health) (the name is the twin property unless property = "…" says otherwise)"#,
+        r#"config.toml:59:74: device "m2": point "z": property: expected a twin property path like "power.active", got "a b": reported["a b"]: key contains forbidden character ' '"#,
+        r#"config.toml:60:74: device "m2": point "z": property: reported.p.q is the same as reported.p.q of point "p.q" (at config.toml:56:12): each point needs its own twin property, and a value cannot also hold members"#,
+        r#"config.toml:61:3: device "m2": point #13: expected a table like { name = "t", table = "input", address = 0, type = "i16" }, got "not a table""#,
+        r#"config.toml:68:11: device "m3": profile: profile "broken" (profiles/broken.toml) has errors"#,
+        r#"config.toml:72:1: device "m4": unit: only used with bus (a device without bus is an identity only)"#,
+        r#"config.toml:79:1: device "m5": profile: a device has either points or profile, not both"#,
+        r#"config.toml:85:11: device "m6": profile: expected a profile name like "eastron-sdm120" (letters, digits, '-', '_', '.'; the file profiles/NAME.toml), got "../etc/passwd""#,
+        r#"profiles/broken.toml:2:15: profile "broken": description: expected a string, got 3"#,
+        r#"profiles/broken.toml:9:1: profile "broken": point "a": colour: unknown key (expected one of: name, table, address, type, bit, length, order, scale, offset, unit, writable, write_multiple, property, deadband)"#,
+        r#"profiles/broken.toml:11:1: profile "broken": point #2: name: missing: every point needs a name"#,
+        r#"profiles/broken.toml:11:1: profile "broken": point #2: type: missing: the data type, e.g. "u16" or "f32""#,
+    ];
+    assert_eq!(error_lines(&errors, dir.path()), expected);
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one fixture, checked field by field
+fn the_good_fixture_maps_buses_devices_points_and_profiles() {
+    let (dir, path) = copy_fixture("field-good");
+    let config = Config::load(&path).unwrap();
+    let d = dir.path();
+    assert_eq!(
+        config.files,
+        [path.clone(), d.join("config.d/10-site.toml")]
+    );
+    assert_eq!(config.profile_files, [d.join("profiles/test-meter.toml")]);
+
+    // Buses: merged by name (the drop-in raised the baud rate), bus defaults kept.
+    let names: Vec<_> = config.buses.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["rs485-a", "plc-tcp", "moxa"]);
+    let rs485 = &config.buses[0];
+    let mut serial =
+        SerialSettings::new("/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0");
+    serial.baud = 19_200;
+    serial.parity = Parity::Even;
+    assert_eq!(rs485.config.transport, Transport::Serial(serial));
+    assert_eq!(rs485.config.name, "rs485-a");
+    assert_eq!(rs485.config.timeout, Duration::from_millis(300));
+    assert_eq!(rs485.config.turnaround, Duration::from_millis(5));
+    assert_eq!(rs485.defined_at.to_string(), "config.toml:11:8");
+    let tcp = &config.buses[1].config;
+    assert_eq!(tcp.transport, Transport::Tcp("10.0.0.5:502".into()));
+    assert_eq!(
+        (tcp.timeout, tcp.turnaround),
+        (Duration::from_secs(1), Duration::ZERO)
+    );
+    let moxa = &config.buses[2].config;
+    assert_eq!(
+        moxa.transport,
+        Transport::RtuOverTcp("[fd00::6]:4001".into())
+    );
+    assert_eq!(moxa.timeout, Duration::from_millis(500), "the bus default");
+
+    let ids: Vec<_> = config.devices.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["meter-01", "boiler-03", "plc-1", "cloud-only"]);
+
+    // A profile's points, with their places in the profile file.
+    let meter = config.devices[0].field.as_ref().unwrap();
+    assert_eq!(
+        (meter.bus.as_str(), meter.unit, meter.poll),
+        ("rs485-a", 1, Duration::from_secs(2))
+    );
+    assert_eq!(meter.profile.as_deref(), Some("test-meter"));
+    let mut voltage = Point::new("voltage", Table::Input, 0, DataType::F32)
+        .unwrap()
+        .with_order(Order::CDAB);
+    voltage.unit = Some("V".into());
+    assert_eq!(meter.points[0].point, voltage);
+    assert_eq!(meter.points[0].property, ["voltage"]);
+    assert_eq!(meter.points[0].deadband, Some(0.5));
+    assert_eq!(
+        meter.points[0].defined_at.to_string(),
+        "profiles/test-meter.toml:3:1"
+    );
+    assert_eq!(meter.points[1].point.address, 342);
+    assert_eq!(meter.points[1].property, ["energy", "total"]);
+    assert_eq!(meter.points[1].deadband, None);
+
+    // Inline points: every kind of field.
+    let boiler = config.devices[1].field.as_ref().unwrap();
+    assert_eq!(boiler.poll, Duration::from_secs(5), "the default poll");
+    assert_eq!(boiler.profile, None);
+    let points: Vec<_> = boiler.points.iter().map(|p| &p.point).collect();
+    let mut temperature = Point::new("temperature", Table::Input, 0, DataType::I16)
+        .unwrap()
+        .with_scale(0.1, 0.0);
+    temperature.unit = Some("°C".into());
+    assert_eq!(points[0], &temperature);
+    assert_eq!(boiler.points[0].deadband, Some(0.2));
+    assert_eq!(boiler.points[0].defined_at.to_string(), "config.toml:41:3");
+    let setpoint = Point::new("setpoint", Table::Holding, 100, DataType::U16)
+        .unwrap()
+        .with_scale(0.1, 0.0)
+        .with_writable(true);
+    assert_eq!(points[1], &setpoint);
+    assert_eq!(
+        boiler.points[1].property,
+        ["control", "setpoint"],
+        "the leading reported. is dropped"
+    );
+    assert_eq!(
+        points[2],
+        &Point::new("alarm", Table::DiscreteInput, 3, DataType::Bool).unwrap()
+    );
+    assert_eq!(
+        points[3],
+        &Point::new("serial", Table::Holding, 200, DataType::String { len: 8 })
+            .unwrap()
+            .with_order(Order::BADC)
+    );
+    let mut pump = Point::new("pump", Table::Holding, 10, DataType::Bit(3))
+        .unwrap()
+        .with_writable(true);
+    pump.write_multiple = true;
+    assert_eq!(points[4], &pump);
+    assert_eq!(boiler.points[4].property, ["control", "pump"]);
+
+    // A second device with the same profile gets the same points; the drop-in set its poll.
+    let plc = config.devices[2].field.as_ref().unwrap();
+    assert_eq!((plc.bus.as_str(), plc.unit), ("plc-tcp", 1));
+    assert_eq!(plc.poll, Duration::from_millis(500));
+    assert_eq!(plc.points, meter.points);
+
+    assert!(config.devices[3].field.is_none(), "identity only");
+
+    let unit = boiler.unit_config();
+    assert_eq!((unit.unit, unit.poll), (7, Duration::from_secs(5)));
+    assert_eq!(unit.points.len(), 5);
+    assert_eq!(unit.points[1], setpoint);
+
+    assert_eq!(config.warnings(), Vec::<String>::new());
+}
+
+/// `count` u16 holding registers 10 apart: too far apart to merge, one request each.
+fn spread_points(count: u16) -> String {
+    let points: Vec<String> = (0..count)
+        .map(|i| {
+            format!(
+                "{{ name = \"r{i}\", table = \"holding\", address = {}, type = \"u16\" }}",
+                i * 10
+            )
+        })
+        .collect();
+    format!("[{}]", points.join(", "))
+}
+
+#[test]
+fn a_serial_bus_slower_than_its_shortest_poll_is_warned_about_with_the_numbers() {
+    // 40 requests of one register at 9600 baud: 40 × 22 characters × 11 bits = 9680 bits
+    // = 1.008 s, plus 40 × 50 ms turnaround = 3.008 s per cycle. The slowest device asks
+    // every 10 s, the fastest every 1 s. The same device on TCP: no warning.
+    let text = format!(
+        "{HEAD}\
+         [[bus]]\nname = \"rs485-a\"\nport = \"/dev/ttyUSB0\"\nturnaround = \"50ms\"\n\
+         [[bus]]\nname = \"fast\"\nport = \"/dev/ttyUSB1\"\nbaud = 115200\n\
+         [[bus]]\nname = \"tcp\"\ntcp = \"plc.local\"\n\
+         [[device]]\nid = \"a\"\nbus = \"rs485-a\"\nunit = 1\npoll = \"1s\"\npoints = {a}\n\
+         [[device]]\nid = \"b\"\nbus = \"rs485-a\"\nunit = 2\npoll = \"10s\"\npoints = {b}\n\
+         [[device]]\nid = \"c\"\nbus = \"tcp\"\nunit = 1\npoll = \"100ms\"\npoints = {c}\n\
+         [[device]]\nid = \"d\"\nbus = \"fast\"\nunit = 1\npoll = \"1s\"\npoints = {d}\n",
+        a = spread_points(30),
+        b = spread_points(10),
+        c = spread_points(40),
+        d = spread_points(40),
+    );
+    let config = Config::from_str_at(&text, Path::new("/etc/twinbridge/config.toml")).unwrap();
+    assert_eq!(
+        config.warnings(),
+        [
+            "bus rs485-a needs 3 s per cycle at 9600 baud, devices ask every 1 s (2 s more than that; raise the baud rate or the poll periods)"
+        ]
+    );
+}
+
+#[test]
+fn a_unit_id_is_unique_per_bus_even_across_drop_ins() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = "points = [{ name = \"t\", table = \"input\", address = 0, type = \"i16\" }]\n";
+    write(
+        dir.path(),
+        "config.d/10-more.toml",
+        &format!(
+            "[[device]]\nid = \"b\"\nbus = \"x\"\nunit = 1\n{one}\n[[device]]\nid = \"c\"\nbus = \"y\"\nunit = 1\n{one}"
+        ),
+    );
+    let errors = errors_of(
+        dir.path(),
+        &format!(
+            "{HEAD}[[bus]]\nname = \"x\"\nport = \"/dev/ttyUSB0\"\n[[bus]]\nname = \"y\"\ntcp = \"plc\"\n\
+             [[device]]\nid = \"a\"\nbus = \"x\"\nunit = 1\n{one}"
+        ),
+    );
+    assert_eq!(
+        errors,
+        [
+            r#"config.d/10-more.toml:4:8: device "b": unit: unit 1 on bus "x" is already device "a"'s (at config.toml:14:8)"#
+        ]
+    );
+}
+
+#[test]
+fn a_profile_used_by_several_devices_reports_its_errors_once_in_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "profiles/bad.toml",
+        "[[point]]\nname = \"a\"\ntable = \"coil\"\naddress = 0\ntype = \"u16\"\n",
+    );
+    let device = |id: &str, unit: u8| {
+        format!("[[device]]\nid = \"{id}\"\nbus = \"x\"\nunit = {unit}\nprofile = \"bad\"\n")
+    };
+    let errors = errors_of(
+        dir.path(),
+        &format!(
+            "{HEAD}[[bus]]\nname = \"x\"\nport = \"/dev/ttyUSB0\"\n{}{}",
+            device("m1", 1),
+            device("m2", 2)
+        ),
+    );
+    assert_eq!(
+        errors,
+        [
+            r#"config.toml:12:11: device "m1": profile: profile "bad" (profiles/bad.toml) has errors"#,
+            r#"profiles/bad.toml:5:8: profile "bad": point "a": type: type u16 cannot live in the coil table (coils and discrete inputs hold type = "bool")"#,
+        ]
+    );
+}
+
+#[test]
+fn a_profile_with_broken_toml_is_reported_with_the_rest_of_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "profiles/bad.toml", "[[point]]\nname = = 1\n");
+    let errors = errors_of(
+        dir.path(),
+        &format!(
+            "{HEAD}[[bus]]\nname = \"x\"\nport = \"/dev/ttyUSB0\"\nbaud = \"fast\"\n\
+             [[device]]\nid = \"m1\"\nbus = \"x\"\nunit = 1\nprofile = \"bad\"\n"
+        ),
+    );
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert_eq!(
+        errors[0],
+        r#"config.toml:8:8: bus "x": baud: expected a baud rate like 9600 or 19200, got "fast""#
+    );
+    assert!(
+        errors[1].starts_with("profiles/bad.toml:2:8: invalid TOML"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn a_device_on_a_bus_needs_a_unit_and_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = errors_of(
+        dir.path(),
+        &format!(
+            "{HEAD}[[bus]]\nname = \"x\"\nport = \"/dev/ttyUSB0\"\n[[device]]\nid = \"m1\"\nbus = \"x\"\n"
+        ),
+    );
+    assert_eq!(
+        errors,
+        [
+            r#"config.toml:8:1: device "m1": unit: missing: the device's unit (slave) id is required with bus"#,
+            r#"config.toml:8:1: device "m1": points: missing: a device on a bus needs points = [ … ] or profile = "name""#,
+        ]
+    );
+}
+
+#[test]
+fn a_drop_in_replaces_a_device_s_points_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "config.d/10-x.toml",
+        "[[device]]\nid = \"m1\"\npoints = [{ name = \"b\", table = \"input\", address = 5, type = \"u16\" }]\n",
+    );
+    let path = write(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "{HEAD}[[bus]]\nname = \"x\"\nport = \"/dev/ttyUSB0\"\n\
+             [[device]]\nid = \"m1\"\nbus = \"x\"\nunit = 1\n\
+             points = [{{ name = \"a\", table = \"input\", address = 0, type = \"u16\" }}]\n"
+        ),
+    );
+    let config = Config::load(&path).unwrap();
+    let field = config.devices[0].field.as_ref().unwrap();
+    let names: Vec<_> = field.points.iter().map(|p| p.point.name.as_str()).collect();
+    assert_eq!(names, ["b"]);
+    assert_eq!(
+        field.points[0].defined_at.to_string(),
+        "config.d/10-x.toml:3:11"
+    );
+}
+
+/// The profiles shipped in the package, loaded the way an installed gateway finds them
+/// (copied to `profiles/` beside the configuration).
+#[test]
+fn every_shipped_profile_loads() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/profiles");
+    let dir = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+        std::fs::copy(
+            &path,
+            dir.path().join("profiles").join(path.file_name().unwrap()),
+        )
+        .unwrap();
+        names.push(name);
+    }
+    names.sort();
+    assert!(names.len() >= 3, "{names:?}");
+    let mut text = format!("{HEAD}[[bus]]\nname = \"x\"\nport = \"/dev/ttyUSB0\"\n");
+    for (unit, name) in names.iter().enumerate() {
+        writeln!(
+            text,
+            "[[device]]\nid = \"{name}\"\nbus = \"x\"\nunit = {}\nprofile = \"{name}\"",
+            unit + 1
+        )
+        .unwrap();
+    }
+    let path = write(dir.path(), "config.toml", &text);
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.profile_files.len(), names.len());
+    for device in &config.devices {
+        let field = device.field.as_ref().unwrap();
+        assert!(!field.points.is_empty(), "{}", device.id);
+    }
+    // The temperature controller's setpoint is a writable holding register in tenths.
+    let controller = config
+        .devices
+        .iter()
+        .flat_map(|d| &d.field.as_ref().unwrap().points)
+        .find(|p| p.point.writable)
+        .expect("a shipped profile with a writable point");
+    assert_eq!(controller.point.table, Table::Holding);
+    assert!((controller.point.scale - 0.1).abs() < 1e-12);
+}
