@@ -5,6 +5,8 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod hub;
 pub mod service;
 pub mod store;

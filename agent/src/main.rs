@@ -44,6 +44,19 @@ enum Command {
         #[command(flatten)]
         credentials: CredentialsArg,
     },
+    /// The whole mission on this machine: the hub emulator, simulated Modbus devices on two
+    /// pseudo-terminal RS-485 lines and the real agent with a generated configuration. Shows
+    /// each device's values, link and twin sync state while the script cuts the hub, unplugs
+    /// a line and sets a desired value, and each time waits until every twin has converged.
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Play the script once and exit (0 when every step converged).
+        #[arg(long)]
+        once: bool,
+        /// How long the hub outage lasts while values change.
+        #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+        phase: std::time::Duration,
+    },
     #[command(
         about = "Check the configuration and the credentials it names; print every problem \
                  and exit 78 (EX_CONFIG) if there is one"
@@ -54,6 +67,8 @@ enum Command {
     },
 }
 
+// Streams are passed unlocked: a lock held for a whole subcommand would block every log line
+// written from another thread (tracing writes to stderr).
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = cli.config.unwrap_or_else(Config::default_path);
@@ -63,14 +78,19 @@ fn main() -> ExitCode {
             cli::run::run(
                 &config_path,
                 cli::check_config::credentials_dir(credentials.credentials_dir).as_deref(),
-                &mut std::io::stderr().lock(),
+                &mut std::io::stderr(),
             )
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo { once, phase } => {
+            init_logging_default("warn");
+            cli::demo::run(once, phase, &mut std::io::stderr())
         }
         Command::CheckConfig { credentials } => cli::check_config::run(
             &config_path,
             cli::check_config::credentials_dir(credentials.credentials_dir).as_deref(),
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
         ),
     };
     ExitCode::from(code)
@@ -79,8 +99,13 @@ fn main() -> ExitCode {
 /// Logs to stderr (journald captures it under systemd), filtered by `TWINBRIDGE_LOG`
 /// (`info` by default; e.g. `TWINBRIDGE_LOG=twinbridge=debug`).
 fn init_logging() {
+    init_logging_default("info");
+}
+
+/// [`init_logging`] with another default level.
+fn init_logging_default(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TWINBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

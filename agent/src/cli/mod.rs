@@ -4,6 +4,8 @@
 //! exit code, so tests can run it in-process as well as through the binary.
 
 pub mod check_config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod run;
 
 /// `EX_CONFIG` from sysexits.h: the configuration is invalid.

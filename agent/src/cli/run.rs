@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::EX_CONFIG;
+use super::check_config::{Checked, load_checked};
 use crate::bridge::{BusSpec, DeviceMap, PointMap};
 use crate::config::Config;
-use super::check_config::{Checked, load_checked};
 use crate::service::{IdentitySpec, RuntimeSpec, run_until_signal};
 use crate::store::StoreOptions;
 
