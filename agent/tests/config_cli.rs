@@ -180,10 +180,11 @@ fn version_still_works() {
 /// Copies the shipped profiles to `dir/profiles`, where the example's devices find them.
 fn copy_shipped_profiles(dir: &Path) {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/profiles");
-    std::fs::create_dir_all(dir.join("profiles")).unwrap();
-    for entry in std::fs::read_dir(shipped).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join("profiles").join(path.file_name().unwrap())).unwrap();
+    std::fs::create_dir_all(dir.join("profiles")).expect("creating profiles/");
+    for entry in std::fs::read_dir(shipped).expect("packaging/profiles") {
+        let path = entry.expect("a shipped profile").path();
+        let name = path.file_name().expect("a file name");
+        std::fs::copy(&path, dir.join("profiles").join(name)).expect("copying a profile");
     }
 }
 
