@@ -275,7 +275,7 @@ fn a_bus_too_slow_for_its_polls_is_a_warning_on_stderr_with_exit_0() {
         "config.toml",
         &format!(
             "[gateway]\nid = \"gw\"\n[hub]\nhost = \"127.0.0.1\"\nkeys_file = \"keys.toml\"\n\
-             [[bus]]\nname = \"rs485-a\"\nport = \"/dev/ttyUSB0\"\n\
+             [[bus]]\nname = \"rs485-a\"\nport = \"/dev/serial/by-id/usb-x-port0\"\n\
              [[device]]\nid = \"a\"\nbus = \"rs485-a\"\nunit = 1\npoll = \"500ms\"\npoints = [{}]\n",
             points.join(", ")
         ),
@@ -290,7 +290,9 @@ fn a_bus_too_slow_for_its_polls_is_a_warning_on_stderr_with_exit_0() {
     let stdout = text(&out.stdout);
     assert!(stdout.starts_with("configuration OK\n"), "{stdout}");
     assert!(
-        stdout.contains("bus rs485-a: serial /dev/ttyUSB0 9600 8N1 (1 device, 40 points)\n"),
+        stdout.contains(
+            "bus rs485-a: serial /dev/serial/by-id/usb-x-port0 9600 8N1 (1 device, 40 points)\n"
+        ),
         "{stdout}"
     );
 }

@@ -211,8 +211,8 @@ fn a_serial_bus_slower_than_its_shortest_poll_is_warned_about_with_the_numbers()
     // every 10 s, the fastest every 1 s. The same device on TCP: no warning.
     let text = format!(
         "{HEAD}\
-         [[bus]]\nname = \"rs485-a\"\nport = \"/dev/ttyUSB0\"\nturnaround = \"50ms\"\n\
-         [[bus]]\nname = \"fast\"\nport = \"/dev/ttyUSB1\"\nbaud = 115200\n\
+         [[bus]]\nname = \"rs485-a\"\nport = \"/dev/serial/by-id/a\"\nturnaround = \"50ms\"\n\
+         [[bus]]\nname = \"fast\"\nport = \"/dev/serial/by-id/b\"\nbaud = 115200\n\
          [[bus]]\nname = \"tcp\"\ntcp = \"plc.local\"\n\
          [[device]]\nid = \"a\"\nbus = \"rs485-a\"\nunit = 1\npoll = \"1s\"\npoints = {a}\n\
          [[device]]\nid = \"b\"\nbus = \"rs485-a\"\nunit = 2\npoll = \"10s\"\npoints = {b}\n\
@@ -398,4 +398,42 @@ fn every_shipped_profile_loads() {
         .expect("a shipped profile with a writable point");
     assert_eq!(controller.point.table, Table::Holding);
     assert!((controller.point.scale - 0.1).abs() < 1e-12);
+}
+
+#[test]
+fn a_port_named_by_its_kernel_number_is_warned_about() {
+    let config = Config::from_str_at(
+        &format!(
+            "{HEAD}[[bus]]\nname = \"a\"\nport = \"/dev/ttyUSB0\"\n\
+             [[bus]]\nname = \"b\"\nport = \"/dev/ttyACM1\"\n\
+             [[bus]]\nname = \"c\"\nport = \"/dev/ttyAMA0\"\n"
+        ),
+        Path::new("/etc/twinbridge/config.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        config.warnings(),
+        [
+            "bus a: port /dev/ttyUSB0 may name another adapter after a replug or a reboot; use its /dev/serial/by-id/… link (config.toml:6:8)",
+            "bus b: port /dev/ttyACM1 may name another adapter after a replug or a reboot; use its /dev/serial/by-id/… link (config.toml:9:8)",
+        ]
+    );
+}
+
+#[test]
+fn a_bus_name_is_unique_within_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = errors_of(
+        dir.path(),
+        &format!(
+            "{HEAD}[[bus]]\nname = \"x\"\nport = \"/dev/serial/by-id/a\"\n\
+             [[bus]]\nname = \"x\"\ntcp = \"plc\"\n"
+        ),
+    );
+    assert_eq!(
+        errors,
+        [
+            r#"config.toml:9:8: bus "x": name: duplicate bus name (first defined at config.toml:6:8)"#
+        ]
+    );
 }

@@ -366,7 +366,8 @@ impl Config {
     }
 
     /// Validates configuration text as if it were the only file, at `path` (which is not
-    /// read; relative paths resolve against its directory). For tests and tools.
+    /// read; relative paths resolve against its directory, and profiles are looked for in
+    /// its `profiles/` and the system directory, on disk). For tests and tools.
     pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         schema::load_texts(path, &[(path.to_path_buf(), text.to_owned())])
     }
@@ -403,16 +404,28 @@ impl Config {
         settings
     }
 
-    /// Warnings about a configuration that is valid but will not work as asked: each serial
-    /// bus whose poll cycle (the wire time of every unit's planned reads, see [`wire`])
-    /// takes longer than the shortest poll period of its devices. TCP buses are not checked.
-    /// Each line is one warning, without a `warning:` prefix.
+    /// Warnings about a configuration that is valid but will not work as asked, in bus
+    /// order: a serial port named by its kernel number (`/dev/ttyUSB0`, `/dev/ttyACM0`),
+    /// which changes after a replug or a reboot; and each serial bus whose poll cycle (the
+    /// wire time of every unit's planned reads, see [`wire`]) takes longer than the
+    /// shortest poll period of its devices. TCP buses are not checked. Each line is one
+    /// warning, without a `warning:` prefix.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for bus in &self.buses {
             let Transport::Serial(serial) = &bus.config.transport else {
                 continue;
             };
+            let port = serial.path.to_string_lossy();
+            if ["/dev/ttyUSB", "/dev/ttyACM"]
+                .iter()
+                .any(|p| port.starts_with(p))
+            {
+                warnings.push(format!(
+                    "bus {}: port {port} may name another adapter after a replug or a reboot; use its /dev/serial/by-id/… link ({})",
+                    bus.name, bus.defined_at
+                ));
+            }
             let fields: Vec<&FieldBinding> = self
                 .devices
                 .iter()
