@@ -925,7 +925,10 @@ pub(super) fn load_profiles(
     let names = match root.get("device").map(|e| &e.node.value) {
         Some(Value::Array(items)) => items
             .iter()
-            .filter_map(|d| d.value.as_table()?.get("profile")?.node.value.as_str())
+            .filter_map(|d| d.value.as_table())
+            // A device without bus takes no profile (reported as such): its file is not read.
+            .filter(|d| d.contains_key("bus"))
+            .filter_map(|d| d.get("profile")?.node.value.as_str())
             .filter(|n| check_profile_name(n))
             .collect(),
         _ => Vec::new(),

@@ -112,11 +112,13 @@
 //! `gateway` is reserved at the top level (the link health); no two points of a device map
 //! to the same path or to a path and its parent.
 //!
-//! **Renaming a property between runs** (or removing a point): until the gateway runs with
-//! the new configuration, the twin keeps the old key with its last reported value. When the
-//! bridge starts, it deletes every reported key of the device that no point maps to any more
-//! (all but `gateway`), so the old key does not linger. A desired value under the old path is
-//! no longer applied.
+//! **Renaming a property between runs** (or a point's name when it has no `property`, or
+//! removing a point): until the gateway runs with the new configuration, the twin keeps the
+//! old key with its last reported value. When the bridge starts, it deletes (sets to `null`)
+//! every reported key of the device, at any depth, that no point maps to any more, so the
+//! old key never looks current; it keeps `gateway` (the link health) and the
+//! acknowledgement of a desired value the device refused (so the back end still sees why).
+//! A desired value under the old path is no longer applied.
 //!
 //! # Profiles
 //!
