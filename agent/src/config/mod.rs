@@ -147,6 +147,7 @@ use std::time::Duration;
 
 use device_protocols::backoff::BackoffConfig;
 use device_protocols::bus::{BusConfig, Transport, UnitConfig};
+use device_protocols::line::{LineDeviceConfig, Template};
 use device_protocols::point::Point;
 
 use crate::hub;
@@ -251,6 +252,25 @@ pub struct DeviceConfig {
     /// The device's place on a field bus and its point map; `None` for an identity-only
     /// device (no `bus`).
     pub field: Option<FieldBinding>,
+    /// A line device's own serial port and format (`[device.line]`); `None` otherwise. A
+    /// device has at most one of `field` and `line`.
+    pub line: Option<LineBinding>,
+}
+
+/// `[device.line]`: a device on its own serial port that prints one reading per line
+/// (`device_protocols::line`).
+#[derive(Debug, Clone)]
+pub struct LineBinding {
+    /// The settings for [`device_protocols::line::LineDevice::spawn`]: named after the
+    /// device id, with its port and line format; the rest at `LineDeviceConfig::new`'s
+    /// defaults.
+    pub config: LineDeviceConfig,
+    /// The command that sets a value (`{name}` and `{value}` placeholders) for desired
+    /// properties; `None`: the device takes no commands.
+    pub command: Option<Template>,
+    /// Where a reading's fields go under `reported` (`["weather"]`: `reported.weather.temp`);
+    /// empty: at the top level.
+    pub property: Vec<String>,
 }
 
 /// `[[bus]]`: one field bus (a serial line, a Modbus TCP endpoint, or RTU over TCP).
