@@ -243,7 +243,7 @@ fn every_setting_commented_out_in_the_example_is_valid_too() {
     assert!(config.hub.proxy.is_some());
     assert!(config.hub.ca_file.is_some());
     assert_eq!(config.gateway.auth.method_name(), "x509");
-    assert_eq!(config.devices.len(), 3);
+    assert_eq!(config.devices.len(), 4);
     assert!(config.devices[0].history.is_some());
     assert_eq!(config.devices[1].auth.method_name(), "x509");
     assert_eq!(config.buses.len(), 1);
@@ -253,6 +253,9 @@ fn every_setting_commented_out_in_the_example_is_valid_too() {
     assert_eq!(boiler.points.len(), 2);
     assert_eq!(boiler.points[1].property, ["heating", "setpoint"]);
     assert_eq!(config.warnings(), Vec::<String>::new());
+    let weather = config.devices[3].line.as_ref().expect("a line device");
+    assert_eq!(weather.property, ["weather"]);
+    assert!(weather.command.is_some());
 }
 
 #[test]

@@ -120,6 +120,25 @@
 //! acknowledgement of a desired value the device refused (so the back end still sees why).
 //! A desired value under the old path is no longer applied.
 //!
+//! # Line devices
+//!
+//! A device that prints one reading per line on its own serial port (no bus, no unit):
+//!
+//! ```toml
+//! [[device]]
+//! id = "weather-01"
+//! [device.line]
+//! port = "/dev/serial/by-id/usb-Prolific_Technology_Inc._USB-Serial_Controller-if00-port0"
+//! baud = 9600                          # baud, parity, data_bits (5..=8), stop_bits: as a bus
+//! protocol = "key-value"               # required: "json-lines" | "key-value"
+//! ending = "any"                       # "any" (default) | "lf" | "crlf" | "cr"
+//! max_line = 4096                      # longer lines are skipped as malformed
+//! command = "SET {name} {value}\r\n"   # for desired values; without it, read only
+//! property = "weather"                 # the readings' fields go under reported.weather
+//! ```
+//!
+//! A serial port is used by one bus or line device only.
+//!
 //! # Profiles
 //!
 //! `profile = "NAME"` loads `profiles/NAME.toml` beside the main file ([`PROFILE_DIR`]), else
