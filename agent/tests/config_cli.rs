@@ -271,7 +271,11 @@ fn a_bus_too_slow_for_its_polls_is_a_warning_on_stderr_with_exit_0() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let keys = write(dir.path(), "keys.toml", "gw = \"Z3c=\"\na = \"YQ==\"\n");
+    let keys = write(
+        dir.path(),
+        "keys.toml",
+        "gw = \"Z3c=\"\na = \"YQ==\"\nw = \"dw==\"\n",
+    );
     set_mode(&keys, 0o600);
     let path = write(
         dir.path(),
@@ -279,7 +283,8 @@ fn a_bus_too_slow_for_its_polls_is_a_warning_on_stderr_with_exit_0() {
         &format!(
             "[gateway]\nid = \"gw\"\n[hub]\nhost = \"127.0.0.1\"\nkeys_file = \"keys.toml\"\n\
              [[bus]]\nname = \"rs485-a\"\nport = \"/dev/serial/by-id/usb-x-port0\"\n\
-             [[device]]\nid = \"a\"\nbus = \"rs485-a\"\nunit = 1\npoll = \"500ms\"\npoints = [{}]\n",
+             [[device]]\nid = \"a\"\nbus = \"rs485-a\"\nunit = 1\npoll = \"500ms\"\npoints = [{}]\n\
+             [[device]]\nid = \"w\"\nline = {{ port = \"/dev/serial/by-id/w\", protocol = \"json-lines\" }}\n",
             points.join(", ")
         ),
     );
@@ -296,6 +301,10 @@ fn a_bus_too_slow_for_its_polls_is_a_warning_on_stderr_with_exit_0() {
         stdout.contains(
             "bus rs485-a: serial /dev/serial/by-id/usb-x-port0 9600 8N1 (1 device, 40 points)\n"
         ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("line device w: serial /dev/serial/by-id/w 9600 8N1 (json-lines)\n"),
         "{stdout}"
     );
 }

@@ -1311,6 +1311,17 @@ mod tests {
     }
 
     #[test]
+    fn profiles_are_looked_for_beside_the_configuration_first() {
+        assert_eq!(
+            profile_dirs(std::path::Path::new("/etc/twinbridge")),
+            [
+                PathBuf::from("/etc/twinbridge/profiles"),
+                PathBuf::from("/usr/share/twinbridge/profiles")
+            ]
+        );
+    }
+
+    #[test]
     fn profile_names_are_plain_file_names() {
         for good in ["eastron-sdm120", "abb_b23.v2", "x"] {
             assert!(check_profile_name(good), "{good}");
