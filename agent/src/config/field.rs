@@ -24,6 +24,9 @@ use crate::twin::rules;
 /// The keys a device gains with the field side.
 pub(super) const DEVICE_FIELD_KEYS: &[&str] = &["bus", "unit", "poll", "points", "profile", "line"];
 
+/// The keys that only mean something with `bus`.
+const ON_BUS_KEYS: &[&str] = &["unit", "poll", "points", "profile"];
+
 /// `poll` when a device on a bus does not say.
 pub(super) const DEFAULT_POLL: Duration = Duration::from_secs(5);
 
@@ -423,7 +426,7 @@ pub(super) fn binding(
 ) -> Result<Option<FieldBinding>, Reported> {
     if section.get("bus").is_none() {
         let mut ok = true;
-        for key in &DEVICE_FIELD_KEYS[1..5] {
+        for key in ON_BUS_KEYS {
             if let Some(entry) = section.get(key) {
                 sink.push(
                     entry.key_pos,
