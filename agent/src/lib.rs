@@ -1,6 +1,7 @@
 //! twinbridge: an edge gateway agent that keeps serial field devices and their Azure IoT Hub
 //! device twins in sync, with a durable local replica in SQLite.
 
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod credentials;

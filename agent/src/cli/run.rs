@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::EX_CONFIG;
+use crate::bridge::{BusSpec, DeviceMap, PointMap};
+use crate::config::Config;
 use super::check_config::{Checked, load_checked};
 use crate::service::{IdentitySpec, RuntimeSpec, run_until_signal};
 use crate::store::StoreOptions;
@@ -44,9 +46,42 @@ pub fn runtime_spec(checked: &Checked) -> RuntimeSpec {
         pacing: config.pacing(),
         gateway: gateway.expect("credentials::resolve always yields the gateway's identity"),
         devices,
+        buses: bus_specs(config),
         summary_every: SUMMARY_EVERY,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     }
+}
+
+/// The bridge's view of the configured buses: each bus with the devices on it.
+pub fn bus_specs(config: &Config) -> Vec<BusSpec> {
+    config
+        .buses
+        .iter()
+        .map(|bus| BusSpec {
+            config: bus.config.clone(),
+            devices: config
+                .devices
+                .iter()
+                .filter_map(|device| {
+                    let field = device.field.as_ref().filter(|f| f.bus == bus.name)?;
+                    Some(DeviceMap {
+                        device: device.id.clone(),
+                        unit: field.unit,
+                        poll: field.poll,
+                        points: field
+                            .points
+                            .iter()
+                            .map(|p| PointMap {
+                                point: p.point.clone(),
+                                property: p.property.clone(),
+                                deadband: p.deadband,
+                            })
+                            .collect(),
+                    })
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Runs the agent with the configuration at `path`; returns the process exit code.

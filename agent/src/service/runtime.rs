@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge::{BridgeError, BusSpec, run_bus};
 use crate::hub::{Credential, HubLink, LinkError, LinkSettings, Pacing, SessionHandle};
 use crate::store::{HistoryLimits, Store, StoreError, StoreOptions};
 use crate::sync::{DesiredState, Driver, IdentityStatus, gateway_summary};
@@ -49,6 +50,8 @@ pub struct RuntimeSpec {
     pub gateway: IdentitySpec,
     /// The field devices' identities.
     pub devices: Vec<IdentitySpec>,
+    /// The buses and the devices on them (each device one of `devices`).
+    pub buses: Vec<BusSpec>,
     /// Backoff of a driver after 429, 5xx and unanswered requests.
     pub retry: BackoffConfig,
     /// At most how often the gateway twin's summary is recomputed (it is recomputed when an
@@ -70,6 +73,9 @@ pub enum RuntimeError {
     /// Two identities share an id.
     #[error("identity {0:?} is configured twice")]
     DuplicateIdentity(String),
+    /// A bus bridge failed (bus configuration refused, or its store access failed).
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
     /// A task of the runtime panicked.
     #[error("a runtime task failed: {0}")]
     Task(String),
@@ -123,6 +129,27 @@ impl RuntimeHandle {
         Ok(change)
     }
 
+    /// Records that desired `version` of `property` was applied to `device` (or refused) and
+    /// merges its acknowledgement into the local reported document, in one transaction; wakes
+    /// the device's driver. Returns the effective change.
+    pub async fn applied_ack(
+        &self,
+        device: &str,
+        property: &str,
+        version: i64,
+        ack: Value,
+    ) -> Result<Value, HandleError> {
+        let identity = self.identity(device)?;
+        let change = self
+            .store
+            .applied_ack(device, property, version, ack)
+            .await?;
+        if !is_noop(&change) {
+            identity.local_changed.notify_one();
+        }
+        Ok(change)
+    }
+
     /// The stored desired document of `device`, as a watch: it changes when a desired
     /// update has been stored.
     pub fn desired(
@@ -162,7 +189,7 @@ impl RuntimeHandle {
 pub struct Runtime {
     handle: RuntimeHandle,
     sessions: Vec<SessionHandle>,
-    tasks: JoinSet<Result<(), StoreError>>,
+    tasks: JoinSet<Result<(), RuntimeError>>,
     stop: CancellationToken,
 }
 
@@ -220,7 +247,8 @@ impl Runtime {
                 desired: desired_tx,
                 retry: spec.retry,
             };
-            tasks.spawn(driver.run(stop.clone()));
+            let run = driver.run(stop.clone());
+            tasks.spawn(async move { run.await.map_err(RuntimeError::Store) });
             identities.insert(
                 identity.id.clone(),
                 Identity {
@@ -238,13 +266,18 @@ impl Runtime {
         };
         // The first summary goes out at start, whether or not a status changes.
         status_changed.notify_one();
-        tasks.spawn(summarize(
+        let summary = summarize(
             handle.clone(),
             spec.agent_version.clone(),
             spec.summary_every,
             status_changed,
             stop.clone(),
-        ));
+        );
+        tasks.spawn(async move { summary.await.map_err(RuntimeError::Store) });
+        for bus in spec.buses.iter().cloned() {
+            let bridge = run_bus(bus, spec.gateway.id.clone(), handle.clone(), stop.clone());
+            tasks.spawn(async move { bridge.await.map_err(RuntimeError::Bridge) });
+        }
         tracing::info!(
             gateway = spec.gateway.id,
             devices = spec.devices.len(),
@@ -270,7 +303,7 @@ impl Runtime {
         loop {
             match self.tasks.join_next().await {
                 Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => return RuntimeError::Store(e),
+                Some(Ok(Err(e))) => return e,
                 Some(Err(e)) => return RuntimeError::Task(e.to_string()),
                 None => std::future::pending::<()>().await,
             }
@@ -285,7 +318,7 @@ impl Runtime {
         while let Some(result) = self.tasks.join_next().await {
             let error = match result {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(RuntimeError::Store(e)),
+                Ok(Err(e)) => Some(e),
                 Err(e) => Some(RuntimeError::Task(e.to_string())),
             };
             if first_error.is_none() {

@@ -18,7 +18,7 @@ use super::{
     DesiredOutcome, DesiredUpdate, DeviceSnapshot, HistoryLimits, JournalStats, PropertyState,
     StoreError, StoreOptions, Synchronous,
 };
-use crate::twin::{VersionOrder, apply, is_noop, strip_reserved};
+use crate::twin::{VersionOrder, apply, diff, is_noop, strip_reserved};
 
 /// The parts of [`SyncState`] that live in the `sync_extra` JSON column.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -540,7 +540,14 @@ impl Db {
         let path = self.path.clone();
         let sql = sqlite_at(&path);
         let tx = self.begin()?;
-        let patch = Value::Object(Map::from_iter([(property.to_owned(), ack.clone())]));
+        // The ack replaces whatever the property held (an older ack's `ad` must not linger):
+        // the patch is the diff from the held value, not a merge into it.
+        let held = load_sync(&tx, &path, device)?.local.get(property).cloned();
+        let value = match held {
+            Some(held @ Value::Object(_)) if ack.is_object() => diff(&held, ack),
+            _ => ack.clone(),
+        };
+        let patch = Value::Object(Map::from_iter([(property.to_owned(), value)]));
         let change = merge_local_in(&tx, &path, device, &patch, now)?;
         tx.execute(
             "INSERT INTO property (device, name, applied_version, ack) VALUES (?1, ?2, ?3, ?4)

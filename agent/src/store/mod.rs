@@ -467,7 +467,8 @@ impl Store {
     }
 
     /// "Applied + ack": records that desired `version` of `property` was written to the device
-    /// and merges the ack object into the local reported document, in one transaction.
+    /// and puts the ack object into the local reported document (replacing what the property
+    /// held: members of an older ack do not linger), in one transaction.
     /// Returns the effective change of `local`.
     pub fn applied_ack(
         &self,
