@@ -177,6 +177,17 @@ fn version_still_works() {
     );
 }
 
+/// Copies the shipped profiles to `dir/profiles`, where the example's devices find them.
+fn copy_shipped_profiles(dir: &Path) {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/profiles");
+    std::fs::create_dir_all(dir.join("profiles")).expect("creating profiles/");
+    for entry in std::fs::read_dir(shipped).expect("packaging/profiles") {
+        let path = entry.expect("a shipped profile").path();
+        let name = path.file_name().expect("a file name");
+        std::fs::copy(&path, dir.join("profiles").join(name)).expect("copying a profile");
+    }
+}
+
 fn example() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml"))
         .expect("packaging/config.toml")
@@ -201,11 +212,14 @@ fn the_shipped_example_passes_check_config_once_its_keys_exist() {
 
 #[test]
 fn every_setting_commented_out_in_the_example_is_valid_too() {
-    // Uncomment the settings and table headers (`#key = …`, `#[…`), not the prose.
+    // Uncomment the settings and table headers (`#key = …`, `#[…`) and the lines of the
+    // inline point arrays (`#  { … },`, `#]`), not the prose.
     let mut uncommented = String::new();
     for line in example().lines() {
         let rest = line.strip_prefix('#').unwrap_or(line);
         let is_setting = rest.starts_with('[')
+            || rest.starts_with("  { ")
+            || rest == "]"
             || rest.split_once(" = ").is_some_and(|(k, _)| {
                 !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
             });
@@ -222,13 +236,75 @@ fn every_setting_commented_out_in_the_example_is_valid_too() {
         dir.path().join("ca.pem"),
     )
     .unwrap();
+    copy_shipped_profiles(dir.path());
     let path = write(dir.path(), "config.toml", &uncommented);
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n---\n{uncommented}"));
     // Every commented setting was picked up (the loop above did uncomment them).
     assert!(config.hub.proxy.is_some());
     assert!(config.hub.ca_file.is_some());
     assert_eq!(config.gateway.auth.method_name(), "x509");
-    assert_eq!(config.devices.len(), 2);
+    assert_eq!(config.devices.len(), 4);
     assert!(config.devices[0].history.is_some());
     assert_eq!(config.devices[1].auth.method_name(), "x509");
+    assert_eq!(config.buses.len(), 1);
+    let meter = config.devices[0].field.as_ref().expect("on the bus");
+    assert_eq!(meter.profile.as_deref(), Some("eastron-sdm120"));
+    let boiler = config.devices[2].field.as_ref().expect("on the bus");
+    assert_eq!(boiler.points.len(), 2);
+    assert_eq!(boiler.points[1].property, ["heating", "setpoint"]);
+    assert_eq!(config.warnings(), Vec::<String>::new());
+    let weather = config.devices[3].line.as_ref().expect("a line device");
+    assert_eq!(weather.property, ["weather"]);
+    assert!(weather.command.is_some());
+}
+
+#[test]
+fn a_bus_too_slow_for_its_polls_is_a_warning_on_stderr_with_exit_0() {
+    // 40 one-register requests (the registers lie too far apart to merge) at 9600 baud:
+    // 40 × 22 characters × 11 bits = 1.008 s of line time per cycle, asked every 500 ms.
+    let points: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "{{ name = \"r{i}\", table = \"holding\", address = {}, type = \"u16\" }}",
+                i * 10
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = write(
+        dir.path(),
+        "keys.toml",
+        "gw = \"Z3c=\"\na = \"YQ==\"\nw = \"dw==\"\n",
+    );
+    set_mode(&keys, 0o600);
+    let path = write(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "[gateway]\nid = \"gw\"\n[hub]\nhost = \"127.0.0.1\"\nkeys_file = \"keys.toml\"\n\
+             [[bus]]\nname = \"rs485-a\"\nport = \"/dev/serial/by-id/usb-x-port0\"\n\
+             [[device]]\nid = \"a\"\nbus = \"rs485-a\"\nunit = 1\npoll = \"500ms\"\npoints = [{}]\n\
+             [[device]]\nid = \"w\"\nline = {{ port = \"/dev/serial/by-id/w\", protocol = \"json-lines\" }}\n",
+            points.join(", ")
+        ),
+    );
+    let out = check_config(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "warning: bus rs485-a needs 1 s per cycle at 9600 baud, devices ask every 500 ms \
+         (508 ms more than that; raise the baud rate or the poll periods)\n"
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("configuration OK\n"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "bus rs485-a: serial /dev/serial/by-id/usb-x-port0 9600 8N1 (1 device, 40 points)\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("line device w: serial /dev/serial/by-id/w 9600 8N1 (json-lines)\n"),
+        "{stdout}"
+    );
 }

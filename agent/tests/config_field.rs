@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use config_common::{copy_fixture, error_lines, write};
 use device_protocols::bus::Transport;
+use device_protocols::line::{LineDeviceConfig, LineEnding, LineFormat, LineSettings};
 use device_protocols::point::{DataType, Order, Point, Table};
 use device_protocols::serial::{Parity, SerialSettings};
 use twinbridge::config::Config;
@@ -38,7 +39,7 @@ fn every_field_error_of_the_bad_fixture_is_reported_with_its_place() {
         r#"config.toml:21:7: bus "tcp-1": tcp: bad port: expected host:port like "10.0.0.5:502" or "plc.local", got "plc.local:99999""#,
         r#"config.toml:22:1: bus "tcp-1": baud: only used with port (a serial line)"#,
         r#"config.toml:27:1: bus "both": tcp: a bus has one of port, tcp or rtu_over_tcp, and this one has port already"#,
-        r#"config.toml:35:8: bus "line-b2": port: /dev/ttyUSB2 is already used by bus "line-b" (at config.toml:31:8): one bus per line or endpoint"#,
+        r#"config.toml:35:8: bus "line-b2": port: /dev/ttyUSB2 is already used by bus "line-b" (at config.toml:31:8): one bus or line device per line or endpoint"#,
         r#"config.toml:39:7: device "m1": bus: no [[bus]] named "nope" (the buses are "both", "line-b", "line-b2", "rs485 a", "tcp-1")"#,
         r#"config.toml:40:8: device "m1": unit: expected a unit id from 1 to 247, got 0"#,
         r#"config.toml:41:8: device "m1": poll: expected a duration like "5s", got "fast""#,
@@ -211,8 +212,8 @@ fn a_serial_bus_slower_than_its_shortest_poll_is_warned_about_with_the_numbers()
     // every 10 s, the fastest every 1 s. The same device on TCP: no warning.
     let text = format!(
         "{HEAD}\
-         [[bus]]\nname = \"rs485-a\"\nport = \"/dev/ttyUSB0\"\nturnaround = \"50ms\"\n\
-         [[bus]]\nname = \"fast\"\nport = \"/dev/ttyUSB1\"\nbaud = 115200\n\
+         [[bus]]\nname = \"rs485-a\"\nport = \"/dev/serial/by-id/a\"\nturnaround = \"50ms\"\n\
+         [[bus]]\nname = \"fast\"\nport = \"/dev/serial/by-id/b\"\nbaud = 115200\n\
          [[bus]]\nname = \"tcp\"\ntcp = \"plc.local\"\n\
          [[device]]\nid = \"a\"\nbus = \"rs485-a\"\nunit = 1\npoll = \"1s\"\npoints = {a}\n\
          [[device]]\nid = \"b\"\nbus = \"rs485-a\"\nunit = 2\npoll = \"10s\"\npoints = {b}\n\
@@ -398,4 +399,125 @@ fn every_shipped_profile_loads() {
         .expect("a shipped profile with a writable point");
     assert_eq!(controller.point.table, Table::Holding);
     assert!((controller.point.scale - 0.1).abs() < 1e-12);
+}
+
+#[test]
+fn a_port_named_by_its_kernel_number_is_warned_about() {
+    let config = Config::from_str_at(
+        &format!(
+            "{HEAD}[[bus]]\nname = \"a\"\nport = \"/dev/ttyUSB0\"\n\
+             [[bus]]\nname = \"b\"\nport = \"/dev/ttyACM1\"\n\
+             [[bus]]\nname = \"c\"\nport = \"/dev/ttyAMA0\"\n"
+        ),
+        Path::new("/etc/twinbridge/config.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        config.warnings(),
+        [
+            "bus a: port /dev/ttyUSB0 may name another adapter after a replug or a reboot; use its /dev/serial/by-id/… link (config.toml:6:8)",
+            "bus b: port /dev/ttyACM1 may name another adapter after a replug or a reboot; use its /dev/serial/by-id/… link (config.toml:9:8)",
+        ]
+    );
+}
+
+#[test]
+fn a_bus_name_is_unique_within_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = errors_of(
+        dir.path(),
+        &format!(
+            "{HEAD}[[bus]]\nname = \"x\"\nport = \"/dev/serial/by-id/a\"\n\
+             [[bus]]\nname = \"x\"\ntcp = \"plc\"\n"
+        ),
+    );
+    assert_eq!(
+        errors,
+        [
+            r#"config.toml:9:8: bus "x": name: duplicate bus name (first defined at config.toml:6:8)"#
+        ]
+    );
+}
+
+#[test]
+fn a_line_device_owns_its_serial_port() {
+    let config = Config::from_str_at(
+        &format!(
+            "{HEAD}[[device]]\nid = \"weather-01\"\n\
+             [device.line]\nport = \"/dev/serial/by-id/usb-Prolific-port0\"\nbaud = 4800\n\
+             data_bits = 7\nparity = \"even\"\nprotocol = \"key-value\"\nending = \"crlf\"\n\
+             max_line = 256\ncommand = \"SET {{name}} {{value}}\\r\\n\"\nproperty = \"weather\"\n\
+             [[device]]\nid = \"scale-02\"\nline = {{ port = \"/dev/serial/by-id/b\", protocol = \"json-lines\" }}\n"
+        ),
+        Path::new("/etc/twinbridge/config.toml"),
+    )
+    .unwrap();
+    let weather = config.devices[0].line.as_ref().unwrap();
+    assert!(config.devices[0].field.is_none());
+    let mut serial = SerialSettings::new("/dev/serial/by-id/usb-Prolific-port0");
+    serial.baud = 4800;
+    serial.data_bits = 7;
+    serial.parity = Parity::Even;
+    let line = LineSettings {
+        format: LineFormat::KeyValue,
+        ending: LineEnding::Crlf,
+        max_line: 256,
+    };
+    assert_eq!(
+        weather.config,
+        LineDeviceConfig::new("weather-01", serial, line)
+    );
+    assert_eq!(weather.property, ["weather"]);
+    let command = weather.command.as_ref().unwrap();
+    assert_eq!(
+        command
+            .render_set("setpoint", &serde_json::json!(21.5))
+            .unwrap(),
+        "SET setpoint 21.5\r\n"
+    );
+    let scale = config.devices[1].line.as_ref().unwrap();
+    assert_eq!(scale.config.line.format, LineFormat::JsonLines);
+    assert_eq!(
+        scale.config.line,
+        LineSettings {
+            format: LineFormat::JsonLines,
+            ..LineSettings::default()
+        }
+    );
+    assert_eq!(
+        scale.config.serial,
+        SerialSettings::new("/dev/serial/by-id/b")
+    );
+    assert!(scale.property.is_empty() && scale.command.is_none());
+}
+
+#[test]
+fn line_device_mistakes_are_reported_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = errors_of(
+        dir.path(),
+        &format!(
+            "{HEAD}[[bus]]\nname = \"x\"\nport = \"/dev/serial/by-id/a\"\n\
+             [[device]]\nid = \"w1\"\n[device.line]\nport = \"/dev/serial/by-id/a\"\nprotocol = \"csv\"\n\
+             ending = \"nl\"\nmax_line = 1\ncommand = \"SET {{name\"\nproperty = \"a..b\"\nunit = 3\n\
+             [[device]]\nid = \"w2\"\nbus = \"x\"\nunit = 1\nprofile = \"p\"\nline = {{ port = \"/dev/serial/by-id/c\" }}\n\
+             [[device]]\nid = \"w3\"\nline = {{ baud = 9600 }}\n"
+        ),
+    );
+    assert_eq!(
+        errors,
+        [
+            r#"config.toml:11:8: device "w1": line.port: /dev/serial/by-id/a is already used by bus "x" (at config.toml:7:8): one bus or line device per line or endpoint"#,
+            r#"config.toml:12:12: device "w1": line.protocol: expected one of "json-lines", "key-value", got "csv""#,
+            r#"config.toml:13:10: device "w1": line.ending: expected one of "any", "lf", "crlf", "cr", got "nl""#,
+            r#"config.toml:14:12: device "w1": line.max_line: expected a line length in bytes from 16 to 1048576, got 1"#,
+            r#"config.toml:15:11: device "w1": line.command: template `SET {name`: `{` without `}`"#,
+            r#"config.toml:16:12: device "w1": line.property: expected a twin property path like "power.active", got "a..b": empty key (a dot at an end, or two in a row)"#,
+            r#"config.toml:17:1: device "w1": line.unit: unknown key (expected one of: port, baud, parity, data_bits, stop_bits, protocol, ending, max_line, command, property)"#,
+            r#"config.toml:22:11: device "w2": profile: no profile "p": looked for profiles/p.toml and /usr/share/twinbridge/profiles/p.toml"#,
+            r#"config.toml:23:1: device "w2": line: a device is either on a bus or has its own line, not both"#,
+            r#"config.toml:26:8: device "w3": line.port: missing: the serial port of the line device"#,
+            r#"config.toml:26:8: device "w3": line.protocol: missing: "json-lines" or "key-value""#,
+        ]
+    );
 }

@@ -93,6 +93,21 @@ fn write_summary(checked: &Checked, out: &mut dyn Write) -> std::io::Result<()> 
             if points == 1 { "" } else { "s" }
         )?;
     }
+    for (id, line) in config
+        .devices
+        .iter()
+        .filter_map(|d| Some((&d.id, d.line.as_ref()?)))
+    {
+        let format = match line.config.line.format {
+            device_protocols::line::LineFormat::JsonLines => "json-lines",
+            device_protocols::line::LineFormat::KeyValue => "key-value",
+        };
+        writeln!(
+            out,
+            "line device {id}: serial {} ({format})",
+            line.config.serial
+        )?;
+    }
     writeln!(out, "store: {}", config.store_path().display())?;
     writeln!(out, "files read:")?;
     for file in config.files.iter().chain(&config.profile_files) {

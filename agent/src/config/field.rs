@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use device_protocols::bus::{BusConfig, Transport};
+use device_protocols::line::{LineDeviceConfig, LineEnding, LineFormat, LineSettings, Template};
 use device_protocols::point::{DataType, Order, Point, PointDefError, Table as PointTable};
 use device_protocols::serial::{Parity, SerialSettings};
 use serde::Deserialize;
@@ -15,11 +16,16 @@ use serde_json::json;
 use super::error::ConfigError;
 use super::schema::{Section, Sink, check_host};
 use super::tree::{self, Node, Pos, Sources, Table, Value};
-use super::{BusSettings, FieldBinding, PROFILE_DIR, PointBinding, SYSTEM_PROFILE_DIR};
+use super::{
+    BusSettings, FieldBinding, LineBinding, PROFILE_DIR, PointBinding, SYSTEM_PROFILE_DIR,
+};
 use crate::twin::rules;
 
 /// The keys a device gains with the field side.
-pub(super) const DEVICE_FIELD_KEYS: &[&str] = &["bus", "unit", "poll", "points", "profile"];
+pub(super) const DEVICE_FIELD_KEYS: &[&str] = &["bus", "unit", "poll", "points", "profile", "line"];
+
+/// The keys that only mean something with `bus`.
+const ON_BUS_KEYS: &[&str] = &["unit", "poll", "points", "profile"];
 
 /// `poll` when a device on a bus does not say.
 pub(super) const DEFAULT_POLL: Duration = Duration::from_secs(5);
@@ -45,6 +51,10 @@ const SERIAL_KEYS: &[&str] = &["baud", "parity", "data_bits", "stop_bits"];
 /// The bus names as written (even of buses with errors, so that devices naming them are not
 /// reported as well), with where each is first defined.
 pub(super) type BusNames<'t> = HashMap<&'t str, Pos>;
+
+/// Serial ports and TCP endpoints in use -> who uses it (`bus "a"`, `device "w"`) and where
+/// it is named: two buses or line devices cannot share one line.
+pub(super) type Ports = HashMap<String, (String, Pos)>;
 
 /// A bus's settings once read; [`bus_config`] turns them into the bus runtime's.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,10 +85,11 @@ pub(super) fn bus_config(raw: RawBus) -> BusConfig {
 pub(super) fn buses<'t>(
     root: &'t Table,
     sink: &mut Sink<'_>,
-) -> (Option<Vec<BusSettings>>, BusNames<'t>) {
+) -> (Option<Vec<BusSettings>>, BusNames<'t>, Ports) {
     let mut names = BusNames::new();
+    let mut endpoints = Ports::new();
     let Some(entry) = root.get("bus") else {
-        return (Some(Vec::new()), names);
+        return (Some(Vec::new()), names, endpoints);
     };
     let Value::Array(items) = &entry.node.value else {
         sink.push(
@@ -90,12 +101,10 @@ pub(super) fn buses<'t>(
                 entry.node.value.describe()
             ),
         );
-        return (None, names);
+        return (None, names, endpoints);
     };
     let mut ok = true;
     let mut buses = Vec::new();
-    // Serial port or TCP endpoint -> (bus name, where): two buses cannot share one line.
-    let mut endpoints: HashMap<String, (String, Pos)> = HashMap::new();
     for (n, item) in items.iter().enumerate() {
         let Value::Table(table) = &item.value else {
             sink.push(
@@ -142,23 +151,38 @@ pub(super) fn buses<'t>(
             Transport::RtuOverTcp(a) => (a.clone(), "rtu_over_tcp"),
         };
         let pos = table.get(key).map_or(item.pos, |e| e.node.pos);
-        if let Some((other, at)) = endpoints.get(&endpoint) {
-            sink.push(
-                pos,
-                &context,
-                key,
-                format!(
-                    "{endpoint} is already used by bus {other:?} (at {}): one bus per line or endpoint",
-                    sink.sources.location(*at)
-                ),
-            );
+        if !claim_port(&mut endpoints, endpoint, &context, pos, key, sink) {
             ok = false;
-        } else {
-            endpoints.insert(endpoint, (bus.name.clone(), pos));
         }
         buses.push(bus);
     }
-    (ok.then_some(buses), names)
+    (ok.then_some(buses), names, endpoints)
+}
+
+/// Records that `owner` (a context, `bus "a"`) uses `endpoint`; reports and returns false
+/// when another bus or line device has it already.
+pub(super) fn claim_port(
+    ports: &mut Ports,
+    endpoint: String,
+    owner: &str,
+    pos: Pos,
+    field: &str,
+    sink: &mut Sink<'_>,
+) -> bool {
+    if let Some((other, at)) = ports.get(&endpoint) {
+        sink.push(
+            pos,
+            owner,
+            field,
+            format!(
+                "{endpoint} is already used by {other} (at {}): one bus or line device per line or endpoint",
+                sink.sources.location(*at)
+            ),
+        );
+        return false;
+    }
+    ports.insert(endpoint, (owner.to_owned(), pos));
+    true
 }
 
 fn bus(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<BusSettings> {
@@ -262,7 +286,7 @@ fn transport(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Transport> {
         }
     }
     match given[0] {
-        "port" => serial(section, sink).map(Transport::Serial),
+        "port" => serial(section, true, sink).map(Transport::Serial),
         key => {
             let (text, pos) = section.string(key, sink)?;
             let default_port = (key == "tcp").then_some(MODBUS_TCP_PORT);
@@ -278,7 +302,9 @@ fn transport(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Transport> {
     }
 }
 
-fn serial(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<SerialSettings> {
+/// The serial line settings of a section with `port` (a bus's, or a line device's `line`).
+/// A Modbus RTU line takes 8 data bits only, a line device 5 to 8.
+fn serial(section: &Section<'_>, modbus: bool, sink: &mut Sink<'_>) -> Option<SerialSettings> {
     let path = match section.string("port", sink) {
         Some((p, _)) if p.starts_with('/') => Some(p),
         Some(_) => {
@@ -310,14 +336,19 @@ fn serial(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<SerialSettings> 
             _ => Parity::None,
         });
     // Modbus RTU characters always carry 8 data bits; 7 is Modbus ASCII, which the bus does
-    // not speak.
-    let data_bits = section.integer(
-        "data_bits",
-        8,
-        8,
-        "8 (Modbus RTU characters have 8 data bits)",
-        sink,
-    );
+    // not speak. Line devices may use any UART setting.
+    let data_bits = if modbus {
+        section.integer(
+            "data_bits",
+            8,
+            8,
+            "8 (Modbus RTU characters have 8 data bits)",
+            sink,
+        )
+    } else {
+        section.integer("data_bits", 5, 8, "5, 6, 7 or 8", sink)
+    }
+    .map(|d| u8::try_from(d).expect("range checked"));
     let stop_bits = section
         .integer("stop_bits", 1, 2, "1 or 2", sink)
         .map(|s| u8::try_from(s).expect("range checked"));
@@ -329,8 +360,7 @@ fn serial(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<SerialSettings> 
         settings.parity = parity?;
     }
     if section.get("data_bits").is_some() {
-        data_bits?;
-        settings.data_bits = 8;
+        settings.data_bits = data_bits?;
     }
     if section.get("stop_bits").is_some() {
         settings.stop_bits = stop_bits?;
@@ -396,7 +426,7 @@ pub(super) fn binding(
 ) -> Result<Option<FieldBinding>, Reported> {
     if section.get("bus").is_none() {
         let mut ok = true;
-        for key in &DEVICE_FIELD_KEYS[1..] {
+        for key in ON_BUS_KEYS {
             if let Some(entry) = section.get(key) {
                 sink.push(
                     entry.key_pos,
@@ -837,10 +867,11 @@ fn point_error(e: &PointDefError) -> (Option<&'static str>, String) {
     }
 }
 
-/// A point's twin property path: `"power.active"` (or `"reported.power.active"`) →
+/// A twin property path: `"power.active"` (or `"reported.power.active"`) →
 /// `["power", "active"]`, checked against the hub's rules for the value the bridge reports
-/// there (a number, or for a writable point the acknowledgement object).
-pub(super) fn property_path(text: &str, writable: bool) -> Result<Vec<String>, String> {
+/// there: a number, or with `object_leaf` an object (a writable point's acknowledgement, a
+/// line device's readings), which the depth limit counts as one more level.
+pub(super) fn property_path(text: &str, object_leaf: bool) -> Result<Vec<String>, String> {
     let expected = |why: &str| {
         format!("expected a twin property path like \"power.active\", got {text:?}: {why}")
     };
@@ -859,7 +890,7 @@ pub(super) fn property_path(text: &str, writable: bool) -> Result<Vec<String>, S
     if let Some(key) = keys.iter().find(|k| k.contains('$')) {
         return Err(expected(&format!("key {key:?} contains '$'")));
     }
-    let mut doc = if writable {
+    let mut doc = if object_leaf {
         json!({ "value": 0, "ac": 200, "av": 1, "ad": "" })
     } else {
         json!(0)
@@ -925,7 +956,10 @@ pub(super) fn load_profiles(
     let names = match root.get("device").map(|e| &e.node.value) {
         Some(Value::Array(items)) => items
             .iter()
-            .filter_map(|d| d.value.as_table()?.get("profile")?.node.value.as_str())
+            .filter_map(|d| d.value.as_table())
+            // A device without bus takes no profile (reported as such): its file is not read.
+            .filter(|d| d.contains_key("bus"))
+            .filter_map(|d| d.get("profile")?.node.value.as_str())
             .filter(|n| check_profile_name(n))
             .collect(),
         _ => Vec::new(),
@@ -1058,6 +1092,141 @@ fn profile(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Vec<PointBindin
     points
 }
 
+const LINE_KEYS: &[&str] = &[
+    "port",
+    "baud",
+    "parity",
+    "data_bits",
+    "stop_bits",
+    "protocol",
+    "ending",
+    "max_line",
+    "command",
+    "property",
+];
+
+/// A device's `[device.line]`: `Ok(None)` without one. Its port is claimed in `ports`.
+pub(super) fn line_binding(
+    device: &Section<'_>,
+    id: Option<&str>,
+    ports: &mut Ports,
+    sink: &mut Sink<'_>,
+) -> Result<Option<LineBinding>, Reported> {
+    let Some(entry) = device.get("line") else {
+        return Ok(None);
+    };
+    let before = sink.errors.len();
+    if device.get("bus").is_some() {
+        sink.push(
+            entry.key_pos,
+            &device.context,
+            "line",
+            "a device is either on a bus or has its own line, not both",
+        );
+        return Err(Reported);
+    }
+    let section = device.sub("line", sink).ok_or(Reported)?;
+    section.deny_unknown(LINE_KEYS, sink);
+    for (key, why) in [
+        ("port", "the serial port of the line device"),
+        ("protocol", "\"json-lines\" or \"key-value\""),
+    ] {
+        if section.get(key).is_none() {
+            section.missing(sink, key, why);
+        }
+    }
+    let serial = section
+        .get("port")
+        .and_then(|_| serial(&section, false, sink));
+    let format = section
+        .choice("protocol", &["json-lines", "key-value"], sink)
+        .map(|(f, _)| {
+            if f == "key-value" {
+                LineFormat::KeyValue
+            } else {
+                LineFormat::JsonLines
+            }
+        });
+    let ending = section
+        .choice("ending", &["any", "lf", "crlf", "cr"], sink)
+        .map(|(e, _)| match e {
+            "lf" => LineEnding::Lf,
+            "crlf" => LineEnding::Crlf,
+            "cr" => LineEnding::Cr,
+            _ => LineEnding::Any,
+        });
+    let max_line = section
+        .integer(
+            "max_line",
+            16,
+            1024 * 1024,
+            "a line length in bytes from 16 to 1048576",
+            sink,
+        )
+        .map(|m| usize::try_from(m).expect("range checked"));
+    let (command, property) = command_and_property(&section, sink);
+    if let (Some(serial), Some(entry)) = (&serial, section.get("port")) {
+        claim_port(
+            ports,
+            serial.path.display().to_string(),
+            &device.context,
+            entry.node.pos,
+            &section.field("port"),
+            sink,
+        );
+    }
+    if sink.errors.len() > before {
+        return Err(Reported);
+    }
+    let (Some(serial), Some(format), Some(id)) = (serial, format, id) else {
+        return Err(Reported);
+    };
+    let defaults = LineSettings::default();
+    let line = LineSettings {
+        format,
+        ending: ending.unwrap_or(defaults.ending),
+        max_line: max_line.unwrap_or(defaults.max_line),
+    };
+    Ok(Some(LineBinding {
+        config: LineDeviceConfig::new(id, serial, line),
+        command,
+        property: property.unwrap_or_default(),
+    }))
+}
+
+/// A line device's `command` template and `property` prefix.
+fn command_and_property(
+    section: &Section<'_>,
+    sink: &mut Sink<'_>,
+) -> (Option<Template>, Option<Vec<String>>) {
+    let command =
+        section
+            .string("command", sink)
+            .and_then(|(text, pos)| match Template::parse(text) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    sink.push(
+                        pos,
+                        &section.context,
+                        &section.field("command"),
+                        e.to_string(),
+                    );
+                    None
+                }
+            });
+    let property =
+        section
+            .string("property", sink)
+            .and_then(|(text, pos)| match property_path(text, true) {
+                Ok(path) => Some(path),
+                Err(why) => {
+                    sink.push(pos, &section.context, &section.field("property"), why);
+                    None
+                }
+            });
+    (command, property)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1142,6 +1311,17 @@ mod tests {
         assert_eq!(config.turnaround, Duration::from_millis(5));
         assert_eq!(config.transport, defaults.transport);
         assert_eq!(config.limits, defaults.limits);
+    }
+
+    #[test]
+    fn profiles_are_looked_for_beside_the_configuration_first() {
+        assert_eq!(
+            profile_dirs(std::path::Path::new("/etc/twinbridge")),
+            [
+                PathBuf::from("/etc/twinbridge/profiles"),
+                PathBuf::from("/usr/share/twinbridge/profiles")
+            ]
+        );
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! The main file is read first, then every `*.toml` in `config.d/` next to it, in lexical
 //! order of their names (hidden files and other extensions, such as `.dpkg-old`, are
 //! skipped). Later files deep-merge into earlier ones: a table merges key by key, any other
-//! value replaces the earlier one, and a `[[device]]` entry merges into the earlier device
-//! with the same `id` (so a drop-in can override one field of a device) or, with a new id, is
-//! appended. Relative paths in any file are resolved against the main file's directory.
+//! value replaces the earlier one (an array, such as a device's `points`, is replaced whole),
+//! and a `[[device]]` entry merges into the earlier device with the same `id` (so a drop-in
+//! can override one field of a device) or, with a new id, is appended; `[[bus]]` entries
+//! merge the same way by `name`. Relative paths in any file are resolved against the main
+//! file's directory.
 //!
 //! Unknown keys are errors. Every error names file, line, column, section and field and says
 //! what was expected; loading reports all errors, not just the first.
@@ -59,9 +61,99 @@
 //! characters, ASCII alphanumerics and `-.%_*?!(),:=@$'`; they are unique, and no device has
 //! the gateway's id. Credentials themselves are resolved by [`crate::credentials`].
 //!
-//! The field side (`[[bus]]`, and `bus`/`unit`/`poll`/`points`/`profile` of a device) comes
-//! with the next issue; until then those keys are unknown keys. Drop-ins will match `[[bus]]`
-//! entries by `name` the way they match devices by `id`.
+//! # The field side
+//!
+//! ```toml
+//! [[bus]]
+//! name = "rs485-a"                     # required, unique; letters, digits, - _ .
+//! # exactly one of:
+//! port = "/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0"  # Modbus RTU
+//! tcp = "10.0.0.5:502"                 # Modbus TCP (port 502 by default)
+//! rtu_over_tcp = "10.0.0.6:4001"       # RTU frames through a serial device server
+//! # serial only (port): defaults 9600 8N1
+//! baud = 9600
+//! parity = "none"                      # "none" | "even" | "odd"
+//! data_bits = 8                        # Modbus RTU: 8 only
+//! stop_bits = 1                        # 1 | 2
+//! # any bus (defaults: device_protocols::bus::BusConfig::new's):
+//! timeout = "500ms"                    # request sent -> complete answer
+//! turnaround = "0ms"                   # silence after each answer
+//!
+//! [[device]]
+//! id = "meter-01"
+//! bus = "rs485-a"                      # a [[bus]] name; without it the device is an
+//!                                      # identity only and takes none of the keys below
+//! unit = 1                             # required with bus: 1..=247, unique per bus
+//! poll = "5s"                          # default 5s
+//! profile = "eastron-sdm120"           # either a profile ...
+//! points = [                           # ... or inline points (not both)
+//!   { name = "setpoint", table = "holding", address = 100, type = "i16", scale = 0.1,
+//!     writable = true, property = "heating.setpoint" },
+//! ]
+//! ```
+//!
+//! Two buses cannot share a serial port or TCP endpoint. A bus maps onto
+//! [`device_protocols::bus::BusConfig`] in one place (`field::bus_config`); what the
+//! configuration leaves out keeps the bus runtime's defaults.
+//!
+//! A point takes `name` (unique within the device), `table` (`coil`, `discrete_input`,
+//! `input`, `holding`, and `device_protocols`' aliases), `address` (zero-based), `type`
+//! (`bool`, `bit` with `bit = 0..15`, `u16`, `i16`, `u32`, `i32`, `u64`, `i64`, `f32`,
+//! `f64`, `string` with `length` in bytes), `order` (`ABCD` default, `CDAB`, `BADC`,
+//! `DCBA`), `scale` and `offset` (numeric types), `unit` (of measure), `deadband` (≥ 0,
+//! numeric types), `writable`, `write_multiple`, and `property`. The combinations are
+//! checked by [`device_protocols::point::Point::validated`], reported at the point's field.
+//!
+//! `property` is the twin path of the value under `reported` (and, for a writable point,
+//! under `desired`), dotted: `"power.active"` is `reported.power.active`; a leading
+//! `reported.` is accepted and dropped; by default it is the point's name. Every key obeys
+//! the hub's rules ([`crate::twin::rules`]: no `.`, `$`, space or control character, at most
+//! 1 KB, the depth limit counted with the acknowledgement object a writable point reports);
+//! `gateway` is reserved at the top level (the link health); no two points of a device map
+//! to the same path or to a path and its parent.
+//!
+//! **Renaming a property between runs** (or a point's name when it has no `property`, or
+//! removing a point): until the gateway runs with the new configuration, the twin keeps the
+//! old key with its last reported value. When the bridge starts, it deletes (sets to `null`)
+//! every reported key of the device, at any depth, that no point maps to any more, so the
+//! old key never looks current; it keeps `gateway` (the link health) and the
+//! acknowledgement of a desired value the device refused (so the back end still sees why).
+//! A desired value under the old path is no longer applied.
+//!
+//! # Line devices
+//!
+//! A device that prints one reading per line on its own serial port (no bus, no unit):
+//!
+//! ```toml
+//! [[device]]
+//! id = "weather-01"
+//! [device.line]
+//! port = "/dev/serial/by-id/usb-Prolific_Technology_Inc._USB-Serial_Controller-if00-port0"
+//! baud = 9600                          # baud, parity, data_bits (5..=8), stop_bits: as a bus
+//! protocol = "key-value"               # required: "json-lines" | "key-value"
+//! ending = "any"                       # "any" (default) | "lf" | "crlf" | "cr"
+//! max_line = 4096                      # longer lines are skipped as malformed
+//! command = "SET {name} {value}\r\n"   # for desired values; without it, read only
+//! property = "weather"                 # the readings' fields go under reported.weather
+//! ```
+//!
+//! A serial port is used by one bus or line device only.
+//!
+//! # Profiles
+//!
+//! `profile = "NAME"` loads `profiles/NAME.toml` beside the main file ([`PROFILE_DIR`]), else
+//! `/usr/share/twinbridge/profiles/NAME.toml` ([`SYSTEM_PROFILE_DIR`], where the package
+//! installs its examples): a local file of the same name takes precedence. A name is a plain
+//! file name (letters, digits, `-`, `_`, `.`). A profile file holds an optional
+//! `description` and `[[point]]` tables with the keys of a point; its errors name the
+//! profile file, line and column, and are reported once however many devices use it. Each
+//! file is read once ([`Config::profile_files`]).
+//!
+//! # Warnings
+//!
+//! [`Config::warnings`] lists what is valid but will not work as asked: a serial bus whose
+//! poll cycle needs more line time ([`wire`]) than its devices' shortest poll period.
+//! `check-config` prints them on stderr, prefixed `warning:`, and still exits 0.
 
 mod error;
 mod field;
@@ -74,6 +166,7 @@ use std::time::Duration;
 
 use device_protocols::backoff::BackoffConfig;
 use device_protocols::bus::{BusConfig, Transport, UnitConfig};
+use device_protocols::line::{LineDeviceConfig, Template};
 use device_protocols::point::Point;
 
 use crate::hub;
@@ -178,6 +271,25 @@ pub struct DeviceConfig {
     /// The device's place on a field bus and its point map; `None` for an identity-only
     /// device (no `bus`).
     pub field: Option<FieldBinding>,
+    /// A line device's own serial port and format (`[device.line]`); `None` otherwise. A
+    /// device has at most one of `field` and `line`.
+    pub line: Option<LineBinding>,
+}
+
+/// `[device.line]`: a device on its own serial port that prints one reading per line
+/// (`device_protocols::line`).
+#[derive(Debug, Clone)]
+pub struct LineBinding {
+    /// The settings for [`device_protocols::line::LineDevice::spawn`]: named after the
+    /// device id, with its port and line format; the rest at `LineDeviceConfig::new`'s
+    /// defaults.
+    pub config: LineDeviceConfig,
+    /// The command that sets a value (`{name}` and `{value}` placeholders) for desired
+    /// properties; `None`: the device takes no commands.
+    pub command: Option<Template>,
+    /// Where a reading's fields go under `reported` (`["weather"]`: `reported.weather.temp`);
+    /// empty: at the top level.
+    pub property: Vec<String>,
 }
 
 /// `[[bus]]`: one field bus (a serial line, a Modbus TCP endpoint, or RTU over TCP).
@@ -295,7 +407,8 @@ impl Config {
     }
 
     /// Validates configuration text as if it were the only file, at `path` (which is not
-    /// read; relative paths resolve against its directory). For tests and tools.
+    /// read; relative paths resolve against its directory, and profiles are looked for in
+    /// its `profiles/` and the system directory, on disk). For tests and tools.
     pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         schema::load_texts(path, &[(path.to_path_buf(), text.to_owned())])
     }
@@ -332,16 +445,28 @@ impl Config {
         settings
     }
 
-    /// Warnings about a configuration that is valid but will not work as asked: each serial
-    /// bus whose poll cycle (the wire time of every unit's planned reads, see [`wire`])
-    /// takes longer than the shortest poll period of its devices. TCP buses are not checked.
-    /// Each line is one warning, without a `warning:` prefix.
+    /// Warnings about a configuration that is valid but will not work as asked, in bus
+    /// order: a serial port named by its kernel number (`/dev/ttyUSB0`, `/dev/ttyACM0`),
+    /// which changes after a replug or a reboot; and each serial bus whose poll cycle (the
+    /// wire time of every unit's planned reads, see [`wire`]) takes longer than the
+    /// shortest poll period of its devices. TCP buses are not checked. Each line is one
+    /// warning, without a `warning:` prefix.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for bus in &self.buses {
             let Transport::Serial(serial) = &bus.config.transport else {
                 continue;
             };
+            let port = serial.path.to_string_lossy();
+            if ["/dev/ttyUSB", "/dev/ttyACM"]
+                .iter()
+                .any(|p| port.starts_with(p))
+            {
+                warnings.push(format!(
+                    "bus {}: port {port} may name another adapter after a replug or a reboot; use its /dev/serial/by-id/… link ({})",
+                    bus.name, bus.defined_at
+                ));
+            }
             let fields: Vec<&FieldBinding> = self
                 .devices
                 .iter()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use device_protocols::backoff::BackoffConfig;
 
 use super::error::{ConfigError, ConfigErrors};
-use super::field::{self, BusNames, Profiles};
+use super::field::{self, BusNames, Ports, Profiles};
 use super::tree::{self, Entry, Node, Pos, Sources, Table, Value};
 use super::{
     AuthConfig, Config, DEFAULT_HISTORY_MAX_AGE, DEFAULT_HISTORY_MAX_BYTES, DROP_IN_DIR,
@@ -413,8 +413,13 @@ fn validate(
         let entry = g.get("id")?;
         Some((entry.node.value.as_str()?, entry.node.pos))
     });
-    let (buses, bus_names) = field::buses(root, sink);
-    let devices = devices(root, &defaults, gateway_id, &bus_names, profiles, sink);
+    let (buses, bus_names, mut ports) = field::buses(root, sink);
+    let field = Field {
+        buses: &bus_names,
+        ports: &mut ports,
+        profiles,
+    };
+    let devices = devices(root, &defaults, gateway_id, field, sink);
 
     Some(Config {
         gateway: gateway_config?,
@@ -781,14 +786,20 @@ fn backoff(
     })
 }
 
+/// What devices are checked against on the field side.
+struct Field<'n, 'p> {
+    buses: &'p BusNames<'n>,
+    ports: &'p mut Ports,
+    profiles: &'p mut Profiles,
+}
+
 const DEVICE_KEYS: &[&str] = &["id", "history", "history_max_bytes", "history_max_age"];
 
 fn devices(
     root: &Table,
     defaults: &AuthDefaults,
     gateway_id: Option<(&str, Pos)>,
-    buses: &BusNames<'_>,
-    profiles: &mut Profiles,
+    mut field: Field<'_, '_>,
     sink: &mut Sink<'_>,
 ) -> Option<Vec<DeviceConfig>> {
     let Some(entry) = root.get("device") else {
@@ -827,7 +838,7 @@ fn devices(
             None => format!("device #{}", n + 1),
         };
         let section = Section::new(table, item.pos, &context);
-        let device = device(&section, defaults, buses, profiles, sink);
+        let device = device(&section, defaults, &mut field, sink);
         if let Some((id, pos)) = table
             .get("id")
             .and_then(|e| Some((e.node.value.as_str()?, e.node.pos)))
@@ -892,8 +903,7 @@ fn devices(
 fn device(
     section: &Section<'_>,
     defaults: &AuthDefaults,
-    buses: &BusNames<'_>,
-    profiles: &mut Profiles,
+    field: &mut Field<'_, '_>,
     sink: &mut Sink<'_>,
 ) -> Option<DeviceConfig> {
     let mut allowed = DEVICE_KEYS.to_vec();
@@ -941,16 +951,19 @@ fn device(
         None
     };
     let auth = auth(section, defaults, sink);
-    let field = field::binding(section, buses, profiles, sink);
+    let line = field::line_binding(section, id.map(|(id, _)| id), field.ports, sink);
+    let field = field::binding(section, field.buses, field.profiles, sink);
     let (id, pos) = id?;
     let auth = auth?;
     let field = field.ok()?;
+    let line = line.ok()?;
     ok.then(|| DeviceConfig {
         id: id.to_owned(),
         history,
         auth,
         defined_at: sink.sources.location(pos),
         field,
+        line,
     })
 }
 
