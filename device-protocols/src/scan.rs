@@ -1,9 +1,11 @@
 //! Bus scan: which unit ids answer on a line.
 //!
 //! Each id in the range gets one probe request with a short timeout. A normal answer *and an
-//! exception answer* both mean a device is there (it decoded the request and replied); a
-//! garbled answer (bad CRC, wrong unit or function in the reply) means *something* is there
-//! but the line settings may be wrong, and is reported separately.
+//! exception answer* both mean a device is there (it decoded the request and replied) —
+//! except exceptions 0A (gateway path unavailable) and 0B (gateway target device failed to
+//! respond): a Modbus TCP gateway answers those itself for an id with no device behind it,
+//! so they mean *absent*. A garbled answer (bad CRC, wrong unit or function in the reply)
+//! means *something* is there but the line settings may be wrong, and is reported separately.
 //!
 //! The scan drives a tokio-modbus client [`Context`] so it works on RTU (serial or pty), RTU
 //! over TCP and Modbus TCP alike; for RTU, attach with
@@ -93,6 +95,9 @@ pub enum ProbeOutcome {
     Answered,
     /// An exception answer (the device is there).
     Exception(ExceptionCode),
+    /// Exception 0A or 0B: a gateway answered that no device behind it responds to this id
+    /// (the device is absent).
+    GatewayNoResponse(ExceptionCode),
     /// Bytes came back but did not decode as this unit's answer.
     Garbled,
     /// Nothing within the timeout.
@@ -179,6 +184,9 @@ fn classify(result: Result<tokio_modbus::Result<()>, tokio::time::error::Elapsed
     match result {
         Err(_elapsed) => Classified::Outcome(ProbeOutcome::Silent),
         Ok(Ok(Ok(()))) => Classified::Outcome(ProbeOutcome::Answered),
+        Ok(Ok(Err(
+            code @ (ExceptionCode::GatewayPathUnavailable | ExceptionCode::GatewayTargetDevice),
+        ))) => Classified::Outcome(ProbeOutcome::GatewayNoResponse(code)),
         Ok(Ok(Err(code))) => Classified::Outcome(ProbeOutcome::Exception(code)),
         Ok(Err(tokio_modbus::Error::Protocol(ProtocolError::HeaderMismatch { .. }))) => {
             Classified::RetryAfterMismatch
@@ -224,7 +232,7 @@ pub async fn scan(
         match outcome {
             ProbeOutcome::Answered | ProbeOutcome::Exception(_) => report.found.push(unit),
             ProbeOutcome::Garbled => report.garbled.push(unit),
-            ProbeOutcome::Silent => {}
+            ProbeOutcome::Silent | ProbeOutcome::GatewayNoResponse(_) => {}
         }
         progress(ScanProgress {
             unit,
@@ -255,6 +263,16 @@ mod tests {
             Some(ProbeOutcome::Exception(ExceptionCode::IllegalDataAddress))
         );
         assert!(ProbeOutcome::Exception(ExceptionCode::ServerDeviceBusy).is_present());
+        for code in [
+            ExceptionCode::GatewayPathUnavailable,
+            ExceptionCode::GatewayTargetDevice,
+        ] {
+            assert_eq!(
+                outcome(Ok(Ok(Err(code)))),
+                Some(ProbeOutcome::GatewayNoResponse(code))
+            );
+            assert!(!ProbeOutcome::GatewayNoResponse(code).is_present());
+        }
         assert!(!ProbeOutcome::Garbled.is_present());
         let decode = std::io::Error::new(std::io::ErrorKind::InvalidData, "Invalid CRC");
         assert_eq!(outcome(Ok(Err(decode.into()))), Some(ProbeOutcome::Garbled));

@@ -15,7 +15,7 @@ use device_protocols::bus::{
     Bus, BusConfig, BusHandle, Exception, PointError, Transport, UnitConfig, UnitPoll, WriteError,
 };
 use device_protocols::codec::{self, WriteData};
-use device_protocols::health::{BusHealth, PortState};
+use device_protocols::health::{BusHealth, PortState, UnitStatus};
 use device_protocols::point::{DataType, Order, Point, Table, Value};
 use device_protocols::serial::SerialSettings;
 use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, UnitMap};
@@ -360,6 +360,13 @@ async fn silent_unit_is_backed_off_alone_and_recovers() {
         attempts * 4 < cycles(&after, 1) - cycles(&before, 1),
         "dead unit is backed off: {attempts} attempts"
     );
+    // The cycle in which it went silent retried the request once (one lost frame must not
+    // flap a unit's health) and took it offline; the cycles after that are one request each.
+    let first = poll_until(&mut polls, "the first failed poll of unit 2", |p| {
+        p.unit == 2 && !all_ok(p)
+    })
+    .await;
+    assert_eq!(first.requests, 2, "timeout, retry, offline");
     let failed = poll_until(&mut polls, "a failed poll of unit 2", |p| p.unit == 2).await;
     assert_eq!(failed.requests, 1);
     assert!(
@@ -843,5 +850,106 @@ async fn units_take_turns_request_by_request() {
     assert!(max - min <= 3, "transactions per unit {tx:?}");
     // Unit 1 needs 5 requests per cycle, the others 1.
     assert!(cycles(&h, 2) >= 4 * cycles(&h, 1), "{h:#?}");
+    bus.shutdown().await;
+}
+
+/// A unit that answers every read with an exception (here 04, server device failure) is
+/// alive but delivers no data: it is reported faulted, not online, and backed off like an
+/// offline unit, while its neighbour keeps being polled. Healed, it is online again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_refusing_every_read_is_faulted_and_backed_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 2);
+    let (bus, mut polls) = spawn_online(&sim, four_point_units(2)).await;
+    assert!(
+        bus.health()
+            .units
+            .iter()
+            .all(|u| u.status == UnitStatus::Online)
+    );
+
+    sim.handle()
+        .add_exception(2, ExceptionRule::always(ExceptionCode::ServerDeviceFailure));
+    let h = health_until(&bus, "unit 2 faulted", |h| {
+        h.unit(2).unwrap().status == UnitStatus::Faulted
+    })
+    .await;
+    let u2 = h.unit(2).unwrap();
+    assert!(u2.backoff.is_some(), "a faulted unit is backed off");
+    assert!(
+        u2.last_error.as_deref().unwrap().contains("exception 04"),
+        "{u2:?}"
+    );
+    assert_eq!(h.unit(1).unwrap().status, UnitStatus::Online);
+    let refused = poll_until(&mut polls, "a refused poll of unit 2", |p| {
+        p.unit == 2 && !all_ok(p)
+    })
+    .await;
+    assert!(
+        refused
+            .readings
+            .iter()
+            .all(|r| r.result == Err(PointError::Exception(Exception(4))))
+    );
+
+    // Backed off: far fewer attempts than the healthy unit's cycles.
+    let before = bus.health();
+    let requests = sim.handle().requests(2);
+    let after = health_until(&bus, "unit 1 polled 30 more times", |h| {
+        cycles(h, 1) >= cycles(&before, 1) + 30
+    })
+    .await;
+    let attempts = sim.handle().requests(2) - requests;
+    assert!(attempts * 5 < 30, "faulted unit polled {attempts} times");
+    let u2 = after.unit(2).unwrap();
+    assert_eq!(u2.status, UnitStatus::Faulted);
+    assert!(u2.online, "it answers");
+    assert_eq!(u2.timeouts, 0);
+
+    sim.handle().clear_faults(2);
+    poll_until(&mut polls, "unit 2 delivers again", |p| {
+        p.unit == 2 && all_ok(p)
+    })
+    .await;
+    let h = health_until(&bus, "unit 2 online", |h| {
+        h.unit(2).unwrap().status == UnitStatus::Online
+    })
+    .await;
+    assert!(h.unit(2).unwrap().backoff.is_none());
+    bus.shutdown().await;
+}
+
+/// A unit where only some reads are refused still delivers data: online, not faulted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_refusing_some_reads_stays_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = RtuSim::start(
+        dir.path().join("tty"),
+        SimMap::new().with_unit(1, holding_unit(&[1; 4]).with_holding(100, &[5])),
+    )
+    .unwrap();
+    sim.handle().add_exception(
+        1,
+        ExceptionRule::at(Table::Holding, 100..=100, ExceptionCode::ServerDeviceBusy),
+    );
+    let mut points = u16_points(4, 0);
+    points.push(Point::new("far", Table::Holding, 100, DataType::U16).unwrap());
+    let (bus, mut polls) = Bus::spawn(
+        config(sim.path()),
+        vec![UnitConfig::new(1, Duration::from_millis(30), points)],
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let p = poll_until(&mut polls, "a poll", |_| true).await;
+        assert_eq!(
+            p.get("far"),
+            Some(&Err(PointError::Exception(Exception(6))))
+        );
+        assert_eq!(p.get("r0"), Some(&Ok(Value::U64(1))));
+        let h = bus.health();
+        let u = h.unit(1).unwrap();
+        assert_eq!(u.status, UnitStatus::Online);
+        assert!(u.backoff.is_none());
+    }
     bus.shutdown().await;
 }

@@ -12,14 +12,15 @@ use std::time::Duration;
 use common::{all_ok, health_until, poll_until};
 use device_protocols::backoff::BackoffConfig;
 use device_protocols::bus::{
-    Bus, BusConfig, BusHandle, PointError, Transport, UnitConfig, UnitPoll,
+    Bus, BusConfig, BusHandle, Exception, PointError, Transport, UnitConfig, UnitPoll,
 };
-use device_protocols::health::PortState;
+use device_protocols::health::{PortState, UnitStatus};
 use device_protocols::point::{DataType, Order, Point, Table, Value};
 use device_protocols::serial::SerialSettings;
-use device_protocols::sim::{RtuSim, SimMap, TcpSim, UnitMap};
+use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, TcpSim, UnitMap};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_modbus::ExceptionCode;
 
 fn config(transport: Transport) -> BusConfig {
     let mut c = BusConfig::new("tcp-bus", transport);
@@ -177,5 +178,66 @@ async fn rtu_over_tcp_through_a_device_server() {
     .await;
     sim.handle().set_garbage(1, false);
     poll_until(&mut polls, "unit 1 recovers", |p| p.unit == 1 && all_ok(p)).await;
+    bus.shutdown().await;
+}
+
+/// Behind a Modbus TCP gateway, an absent device is answered by the gateway itself with
+/// exception 0B (target failed to respond) or 0A (path unavailable): that is no answer from
+/// the unit. It is reported offline and backed off like a silent unit, not online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_exceptions_0a_0b_mean_offline() {
+    let sim = TcpSim::start(
+        SimMap::new()
+            .with_unit(1, unit_map())
+            .with_unit(2, unit_map()),
+    )
+    .await
+    .unwrap();
+    // Unit 2 is configured in the gateway but its device does not answer; unit 3 is not
+    // behind the gateway at all.
+    sim.handle()
+        .add_exception(2, ExceptionRule::always(ExceptionCode::GatewayTargetDevice));
+    sim.handle()
+        .set_absent_exception(Some(ExceptionCode::GatewayPathUnavailable));
+    let units = (1..=3)
+        .map(|u| UnitConfig::new(u, Duration::from_millis(30), points()))
+        .collect();
+    let (bus, mut polls) =
+        Bus::spawn(config(Transport::Tcp(sim.addr().to_string())), units).unwrap();
+    let h = health_until(&bus, "units 2 and 3 offline, unit 1 online", |h| {
+        h.unit(1).unwrap().status == UnitStatus::Online
+            && h.unit(2).unwrap().status == UnitStatus::Offline
+            && h.unit(3).unwrap().status == UnitStatus::Offline
+    })
+    .await;
+    for u in [2, 3] {
+        let uh = h.unit(u).unwrap();
+        assert!(!uh.online);
+        assert!(uh.backoff.is_some(), "unit {u} backed off: {uh:?}");
+        assert!(uh.gateway_errors >= 2, "{uh:?}");
+        assert_eq!(uh.exceptions, 0, "0A/0B are not counted as refusals");
+    }
+    let p = poll_until(&mut polls, "a failed poll of unit 2", |p| p.unit == 2).await;
+    assert_eq!(
+        p.get("power"),
+        Some(&Err(PointError::Exception(
+            Exception::GATEWAY_TARGET_FAILED
+        )))
+    );
+
+    // Backed off: unit 2 costs few requests while unit 1 is polled on.
+    let before = bus.health();
+    let requests = sim.handle().requests(2);
+    health_until(&bus, "unit 1 polled 30 more times", |h| {
+        h.unit(1).unwrap().poll_cycles >= before.unit(1).unwrap().poll_cycles + 30
+    })
+    .await;
+    let attempts = sim.handle().requests(2) - requests;
+    assert!(attempts * 5 < 30, "unit 2 attempted {attempts} times");
+
+    // The device comes back behind the gateway.
+    sim.handle().clear_faults(2);
+    poll_until(&mut polls, "unit 2 answers", |p| p.unit == 2 && all_ok(p)).await;
+    assert_eq!(bus.health().unit(2).unwrap().status, UnitStatus::Online);
     bus.shutdown().await;
 }

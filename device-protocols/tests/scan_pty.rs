@@ -147,3 +147,42 @@ async fn scan_works_on_modbus_tcp_too() {
     // Unit 5 has no input registers: exception 02, still present.
     assert_eq!(report.found, [5, 6]);
 }
+
+/// A Modbus TCP gateway answers 0A/0B itself for ids with no device behind it: those are not
+/// found devices.
+#[tokio::test]
+async fn gateway_exceptions_are_not_found_devices() {
+    let map = SimMap::new()
+        .with_unit(5, UnitMap::new().with_holding(0, &[1]))
+        .with_unit(6, UnitMap::new().with_holding(0, &[1]));
+    let sim = device_protocols::sim::TcpSim::start(map).await.unwrap();
+    sim.handle()
+        .set_absent_exception(Some(ExceptionCode::GatewayTargetDevice));
+    sim.handle().add_exception(
+        6,
+        ExceptionRule::always(ExceptionCode::GatewayPathUnavailable),
+    );
+    let mut ctx = tokio_modbus::client::tcp::connect(sim.addr())
+        .await
+        .unwrap();
+    let settings = ScanSettings {
+        units: 4..=7,
+        timeout: Duration::from_millis(100),
+        ..ScanSettings::default()
+    };
+    let mut seen = Vec::new();
+    let report = scan::scan(&mut ctx, &settings, |p| seen.push(p.outcome))
+        .await
+        .unwrap();
+    assert_eq!(report.found, [5]);
+    assert!(report.garbled.is_empty());
+    assert_eq!(
+        seen,
+        [
+            ProbeOutcome::GatewayNoResponse(ExceptionCode::GatewayTargetDevice),
+            ProbeOutcome::Answered,
+            ProbeOutcome::GatewayNoResponse(ExceptionCode::GatewayPathUnavailable),
+            ProbeOutcome::GatewayNoResponse(ExceptionCode::GatewayTargetDevice),
+        ]
+    );
+}

@@ -95,6 +95,18 @@ pub(crate) enum TxError {
     Port(String),
 }
 
+impl TxError {
+    /// The unit did not answer: silence, bytes that never formed a frame, or a gateway's
+    /// 0A/0B exception on its behalf. Counts towards offline and backs the unit off.
+    pub(crate) fn is_no_answer(&self) -> bool {
+        match self {
+            Self::Timeout | Self::Unframed(_) => true,
+            Self::Exception(x) => x.is_gateway_no_response(),
+            Self::Garbage(_) | Self::Port(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     Rtu,

@@ -5,9 +5,13 @@
 //!   on its own poll period; writes go before the next poll request.
 //! - A unit that times out ends its cycle at once and is backed off alone (exponential with
 //!   jitter, capped, see [`crate::backoff`]), so a dead unit costs the line at most one timeout
-//!   per backoff period. Exceptions mean the unit is alive. A timeout during which bytes
-//!   arrived that never formed a frame (bad CRC, wrong baud rate) is handled the same way but
-//!   reported as a corrupted answer, not as silence.
+//!   per backoff period. A timeout during which bytes arrived that never formed a frame (bad
+//!   CRC, wrong baud rate) is handled the same way but reported as a corrupted answer, not as
+//!   silence. So are exceptions 0A/0B (gateway path unavailable, gateway target device failed
+//!   to respond): a Modbus TCP gateway answers them for a device behind it that is absent.
+//! - Other exceptions mean the unit is alive. A unit whose every read of a cycle is refused
+//!   with an exception delivers no data: it is reported [`UnitStatus::Faulted`] and backed off
+//!   like an offline unit until a read delivers data again. See [`UnitStatus`] for the rules.
 //! - A late answer (after the timeout) is drained before the next request when it comes
 //!   within the drain window; one that arrives later still is rejected by unit id, function
 //!   code and length checks (the innocent unit's transaction counts one corrupted answer and
@@ -51,7 +55,7 @@ use tokio_modbus::{Request, Response};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::codec::{self, DecodeError, EncodeError, WriteData};
-use crate::health::{BusHealth, PortState, UnitHealth};
+use crate::health::{BusHealth, PortState, UnitHealth, UnitStatus};
 use crate::planner::{AdaptivePlanner, PlanIssue, PlanLimits, ReadRequest, SplitOutcome};
 use crate::point::{Point, Table, Value};
 use crate::serial::SerialSettings;
@@ -202,6 +206,17 @@ impl Exception {
     pub const ILLEGAL_DATA_ADDRESS: Exception = Exception(2);
     /// 03: illegal data value (also used by some devices for reads that are too long).
     pub const ILLEGAL_DATA_VALUE: Exception = Exception(3);
+    /// 0A: gateway path unavailable (the gateway has no route to the unit id).
+    pub const GATEWAY_PATH_UNAVAILABLE: Exception = Exception(0x0A);
+    /// 0B: gateway target device failed to respond (the device behind the gateway is silent).
+    pub const GATEWAY_TARGET_FAILED: Exception = Exception(0x0B);
+
+    /// 0A or 0B: a gateway answered on behalf of a device behind it that did not. Unlike the
+    /// other exceptions this does not mean the unit is alive: the bus treats it like a
+    /// timeout (offline, backed off) and [`crate::scan`] does not count it as found.
+    pub fn is_gateway_no_response(self) -> bool {
+        self == Self::GATEWAY_PATH_UNAVAILABLE || self == Self::GATEWAY_TARGET_FAILED
+    }
 
     /// The standard name of the code.
     pub fn name(self) -> &'static str {
@@ -509,6 +524,18 @@ struct Cycle {
     results: Vec<Option<Result<Value, PointError>>>,
     started: Instant,
     requests: u32,
+    /// Reads answered with data.
+    answered: u32,
+    /// Reads refused with an exception (other than 0A/0B).
+    refused: u32,
+}
+
+/// How a cycle ended.
+enum CycleEnd {
+    /// Every planned request was attempted.
+    Completed,
+    /// Cut short (no answer, port lost): the points not reached carry this error.
+    Aborted(PointError),
 }
 
 struct UnitState {
@@ -519,6 +546,9 @@ struct UnitState {
     by_name: HashMap<String, usize>,
     planner: AdaptivePlanner,
     backoff: Backoff,
+    /// Set by [`Runtime::tally`] when a poll transaction took the unit offline: wait this
+    /// long before the next cycle.
+    backed_off: Option<Duration>,
     next_due: Instant,
     cycle: Option<Cycle>,
 }
@@ -543,6 +573,7 @@ impl UnitState {
             planner: AdaptivePlanner::for_points(&cfg.points, limits),
             points: cfg.points,
             backoff: Backoff::new(bus.unit_backoff),
+            backed_off: None,
             next_due: now,
             cycle: None,
         }
@@ -559,6 +590,8 @@ impl UnitState {
             results,
             started: now,
             requests: 0,
+            answered: 0,
+            refused: 0,
         });
     }
 }
@@ -681,6 +714,7 @@ impl Runtime {
                         };
                         for u in &mut h.units {
                             u.online = false;
+                            u.status = UnitStatus::Offline;
                         }
                     });
                     let deadline = Instant::now() + delay;
@@ -735,11 +769,14 @@ impl Runtime {
         }
     }
 
-    /// One transaction, with retries on corrupted answers and health bookkeeping.
+    /// One transaction, with retries on corrupted answers and health bookkeeping. `poll`:
+    /// the transaction belongs to the unit's poll cycle (which is backed off when it takes the
+    /// unit offline), not to a write or one-shot read.
     async fn transact(
         &mut self,
         idx: usize,
         request: Request<'static>,
+        poll: bool,
     ) -> Result<Response, TxError> {
         let unit = self.units[idx].unit;
         let mut attempts = 0;
@@ -753,8 +790,8 @@ impl Runtime {
                 other => other,
             });
             match &result {
-                Ok(_) => self.tally(idx, &Tally::Success),
-                Err(e) => self.tally(idx, &Tally::Failure(e)),
+                Ok(_) => self.tally(idx, &Tally::Success, poll),
+                Err(e) => self.tally(idx, &Tally::Failure(e), poll),
             }
             match result {
                 Err(TxError::Garbage(_)) if attempts < self.config.garbage_retries => {
@@ -769,9 +806,14 @@ impl Runtime {
         }
     }
 
-    fn tally(&mut self, idx: usize, outcome: &Tally<'_>) {
+    /// Health bookkeeping of one transaction. A poll transaction without an answer that
+    /// reaches `offline_after` also backs the unit off, in the same health update (so that a
+    /// watcher never sees an offline unit without its backoff), and leaves the delay in
+    /// [`UnitState::backed_off`] for [`Runtime::step`].
+    fn tally(&mut self, idx: usize, outcome: &Tally<'_>, poll: bool) {
         let offline_after = self.config.offline_after.max(1);
         let bus = &self.config.name;
+        let state = &mut self.units[idx];
         self.health.send_modify(|h| {
             let u = &mut h.units[idx];
             u.transactions += 1;
@@ -779,6 +821,7 @@ impl Runtime {
                 Tally::Success => {
                     u.successes += 1;
                     u.online = true;
+                    u.status = UnitStatus::Online;
                     u.last_success = Some(SystemTime::now());
                     u.consecutive_errors = 0;
                     u.consecutive_timeouts = 0;
@@ -794,9 +837,15 @@ impl Runtime {
                             u.consecutive_timeouts += 1;
                             u.consecutive_unanswered += 1;
                         }
+                        TxError::Exception(x) if x.is_gateway_no_response() => {
+                            // The gateway answered, the device behind it did not.
+                            u.gateway_errors += 1;
+                            u.consecutive_unanswered += 1;
+                        }
                         TxError::Exception(_) => {
+                            // Alive. Whether it is online or faulted is decided when its
+                            // cycle completes (did any read deliver data?).
                             u.exceptions += 1;
-                            u.online = true;
                             u.consecutive_timeouts = 0;
                             u.consecutive_unanswered = 0;
                         }
@@ -804,13 +853,23 @@ impl Runtime {
                             u.crc_errors += 1;
                             u.consecutive_unanswered += 1;
                         }
-                        TxError::Port(_) => u.online = false,
+                        TxError::Port(_) => {
+                            u.online = false;
+                            u.status = UnitStatus::Offline;
+                        }
                     }
-                    if u.consecutive_unanswered >= offline_after && u.online {
+                    if u.consecutive_unanswered >= offline_after && u.status != UnitStatus::Offline
+                    {
                         tracing::warn!(bus = %bus, unit = u.unit, last_error = ?u.last_error,
                             "unit offline after {} transactions without a valid answer",
                             u.consecutive_unanswered);
                         u.online = false;
+                        u.status = UnitStatus::Offline;
+                    }
+                    if poll && e.is_no_answer() && u.consecutive_unanswered >= offline_after {
+                        let delay = state.backoff.next_delay().max(state.poll);
+                        state.backed_off = Some(delay);
+                        u.backoff = Some(delay);
                     }
                 }
             }
@@ -827,12 +886,13 @@ impl Runtime {
             };
             for u in &mut h.units {
                 u.online = false;
+                u.status = UnitStatus::Offline;
             }
         });
         // Cycles in progress end now, with the rest of their points failed.
         for idx in 0..self.units.len() {
             if self.units[idx].cycle.is_some() {
-                self.finish_cycle(idx, &PointError::Port(error.to_owned()));
+                self.finish_cycle(idx, CycleEnd::Aborted(PointError::Port(error.to_owned())));
             }
         }
     }
@@ -844,13 +904,13 @@ impl Runtime {
             .as_mut()
             .and_then(|c| c.queue.pop_front())
         else {
-            self.finish_cycle(idx, &PointError::Timeout);
+            self.finish_cycle(idx, CycleEnd::Completed);
             return;
         };
         if let Some(c) = self.units[idx].cycle.as_mut() {
             c.requests += 1;
         }
-        let result = self.transact(idx, read_request(&req)).await;
+        let result = self.transact(idx, read_request(&req), true).await;
         // The port may have been lost: the cycle was then finished by `port_lost`.
         if self.units[idx].cycle.is_none() {
             return;
@@ -862,11 +922,27 @@ impl Runtime {
                 for &p in &req.points {
                     cycle.results[p] = Some(decode_point(&u.points[p], &req, &response));
                 }
+                cycle.answered += 1;
                 u.backoff.reset();
             }
+            Err(e) if e.is_no_answer() && u.backed_off.is_none() => {
+                // A unit that was answering missed one: retry the request (after the other
+                // units' turns) before declaring it offline, so that one lost frame does not
+                // flap its health, while a dead unit is reported offline within this cycle.
+                tracing::debug!(unit = u.unit, error = %PointError::from(e), "no answer; retrying");
+                cycle.queue.push_front(req);
+                return;
+            }
+            Err(e) if e.is_no_answer() => {
+                // Offline (and backed off by `tally`): a dead (or unintelligible) unit costs
+                // one timeout per backoff period. End its cycle now.
+                let delay = u.backed_off.take().unwrap_or(u.poll);
+                self.finish_cycle(idx, CycleEnd::Aborted(PointError::from(e)));
+                self.units[idx].next_due = Instant::now() + delay;
+                return;
+            }
             Err(TxError::Exception(code)) if splits_on(code, &req, &u.points) => {
-                // Exceptions mean alive.
-                u.backoff.reset();
+                cycle.refused += 1;
                 match u.planner.on_illegal_address(&req) {
                     SplitOutcome::Retry(parts) => {
                         tracing::debug!(
@@ -887,20 +963,9 @@ impl Runtime {
                     }
                 }
             }
-            Err(e @ (TxError::Timeout | TxError::Unframed(_))) => {
-                // A dead (or unintelligible) unit costs one timeout per backoff period: end its
-                // cycle now.
-                let delay = u.backoff.next_delay().max(u.poll);
-                self.finish_cycle(idx, &PointError::from(e));
-                let u = &mut self.units[idx];
-                u.next_due = Instant::now() + delay;
-                self.health
-                    .send_modify(|h| h.units[idx].backoff = Some(delay));
-                return;
-            }
             Err(e) => {
                 if matches!(e, TxError::Exception(_)) {
-                    u.backoff.reset();
+                    cycle.refused += 1;
                 }
                 let e = PointError::from(e);
                 for &p in &req.points {
@@ -909,16 +974,46 @@ impl Runtime {
             }
         }
         if cycle.queue.is_empty() {
-            self.finish_cycle(idx, &PointError::Timeout);
+            self.finish_cycle(idx, CycleEnd::Completed);
         }
     }
 
-    /// Ends unit `idx`'s cycle, filling points not reached with `missing`, and emits it.
-    fn finish_cycle(&mut self, idx: usize, missing: &PointError) {
+    /// Ends unit `idx`'s cycle, filling points not reached with the abort error, settles
+    /// whether a unit that answered is online or faulted, and emits the cycle.
+    fn finish_cycle(&mut self, idx: usize, end: CycleEnd) {
         let u = &mut self.units[idx];
         let Some(cycle) = u.cycle.take() else { return };
         let now = Instant::now();
         u.next_due = (cycle.started + u.poll).max(now);
+        // Every read refused with an exception: the unit is there but delivers no data.
+        let faulted =
+            matches!(end, CycleEnd::Completed) && cycle.answered == 0 && cycle.refused > 0;
+        let delivered = matches!(end, CycleEnd::Completed) && cycle.answered > 0;
+        let missing = match end {
+            CycleEnd::Completed => PointError::Timeout,
+            CycleEnd::Aborted(e) => e,
+        };
+        let faulted_delay = faulted.then(|| u.backoff.next_delay().max(u.poll));
+        if let Some(delay) = faulted_delay {
+            u.next_due = now + delay;
+        }
+        let (unit, bus) = (u.unit, &self.config.name);
+        self.health.send_modify(|h| {
+            let uh = &mut h.units[idx];
+            if let Some(delay) = faulted_delay {
+                if uh.status != UnitStatus::Faulted {
+                    tracing::warn!(bus = %bus, unit, last_error = ?uh.last_error,
+                        "unit faulted: every read of its cycle was refused with an exception");
+                }
+                uh.online = true;
+                uh.status = UnitStatus::Faulted;
+                uh.backoff = Some(delay);
+            } else if delivered {
+                uh.online = true;
+                uh.status = UnitStatus::Online;
+            }
+        });
+        let u = &mut self.units[idx];
         let readings = cycle
             .results
             .into_iter()
@@ -978,7 +1073,7 @@ impl Runtime {
             count: point.count(),
             points: vec![p],
         };
-        self.transact(idx, read_request(&req))
+        self.transact(idx, read_request(&req), false)
             .await
             .map_err(PointError::from)
             .and_then(|response| decode_point(&point, &req, &response))
@@ -1010,7 +1105,7 @@ impl Runtime {
             WriteData::Coil(b) => Request::WriteSingleCoil(point.address, b),
             WriteData::Bit { bit, set } => {
                 let current = match self
-                    .transact(idx, Request::ReadHoldingRegisters(point.address, 1))
+                    .transact(idx, Request::ReadHoldingRegisters(point.address, 1), false)
                     .await
                 {
                     Ok(Response::ReadHoldingRegisters(r)) if !r.is_empty() => r[0],
@@ -1044,7 +1139,7 @@ impl Runtime {
                 Request::WriteMultipleRegisters(point.address, regs.into())
             }
         };
-        self.transact(idx, request)
+        self.transact(idx, request, false)
             .await
             .map_err(|e| write_failed(e.into()))?;
         self.read_point(idx, p).await
