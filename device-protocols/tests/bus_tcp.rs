@@ -241,3 +241,39 @@ async fn gateway_exceptions_0a_0b_mean_offline() {
     assert_eq!(bus.health().unit(2).unwrap().status, UnitStatus::Online);
     bus.shutdown().await;
 }
+
+/// A peer that takes each connection, reads one request and closes the connection: the bus
+/// reports "connection closed by peer", not whatever `errno` happened to hold (tokio-modbus
+/// reports a TCP end of stream as `last_os_error`, e.g. "Operation now in progress (os error
+/// 115)"), and keeps reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_closing_the_connection_is_named() {
+    for transport in [Transport::Tcp, Transport::RtuOverTcp] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 64];
+                let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+                // Dropped: FIN after the request was read.
+            }
+        });
+        let (bus, _polls) = Bus::spawn(
+            config(transport(addr)),
+            vec![UnitConfig::new(1, Duration::from_millis(30), points())],
+        )
+        .unwrap();
+        let h = health_until(&bus, "connection closed by the peer, reopened", |h| {
+            h.opens >= 2 && matches!(h.port, PortState::Down { .. })
+        })
+        .await;
+        let PortState::Down { error, .. } = &h.port else {
+            unreachable!()
+        };
+        assert!(error.contains("connection closed by peer"), "{error}");
+        assert!(!error.contains("os error"), "{error}");
+        assert_eq!(h.unit(1).unwrap().status, UnitStatus::Offline);
+        bus.shutdown().await;
+        server.abort();
+    }
+}
