@@ -953,3 +953,87 @@ async fn a_unit_refusing_some_reads_stays_online() {
     }
     bus.shutdown().await;
 }
+
+/// The offline rule: a unit that stops answering is reported offline within the cycle in
+/// which it fell silent — its request is retried once (one lost frame must not flap its
+/// health) and the second miss (the default `offline_after`) takes it offline and backs it
+/// off. No backoff period passes before it is reported: here the first backoff is a minute,
+/// far beyond the test's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_unit_is_offline_within_one_cycle() {
+    assert_eq!(
+        BusConfig::new("b", Transport::Tcp("127.0.0.1:1".into())).offline_after,
+        2,
+        "the documented default"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 2);
+    let mut c = config(sim.path());
+    c.offline_after = 2;
+    c.unit_backoff = BackoffConfig::new(Duration::from_mins(1), Duration::from_mins(1));
+    let (bus, mut polls) = Bus::spawn(c, four_point_units(2)).unwrap();
+    health_until(&bus, "all online", |h| {
+        h.units.iter().all(|u| u.status == UnitStatus::Online)
+    })
+    .await;
+
+    sim.handle().set_silent(2, true);
+    let requests = sim.handle().requests(2);
+    let failed = poll_until(&mut polls, "unit 2's failed cycle", |p| {
+        p.unit == 2 && !all_ok(p)
+    })
+    .await;
+    // The health was settled before the cycle was emitted.
+    let h = bus.health();
+    let u2 = h.unit(2).unwrap();
+    assert_eq!(u2.status, UnitStatus::Offline, "{u2:?}");
+    assert!(!u2.online);
+    assert_eq!(u2.consecutive_unanswered, 2);
+    assert!(
+        u2.backoff.is_some_and(|b| b >= Duration::from_secs(40)),
+        "backed off when it went offline: {u2:?}"
+    );
+    assert_eq!(failed.requests, 2, "the request and one retry");
+    assert_eq!(sim.handle().requests(2) - requests, 2);
+    assert!(
+        failed
+            .readings
+            .iter()
+            .all(|r| r.result == Err(PointError::Timeout))
+    );
+    assert_eq!(h.unit(1).unwrap().status, UnitStatus::Online);
+    bus.shutdown().await;
+}
+
+/// One lost answer is retried at once and does not flap the unit's health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lost_answer_is_retried_without_going_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 1);
+    let (bus, mut polls) = spawn_online(&sim, four_point_units(1)).await;
+    // Silent for exactly one request: the retry finds it answering again.
+    sim.handle().set_silent(1, true);
+    let requests = sim.handle().requests(1);
+    common::until("one request unanswered", || {
+        sim.handle().requests(1) > requests
+    })
+    .await;
+    sim.handle().set_silent(1, false);
+    let h = health_until(&bus, "a timeout counted and recovered", |h| {
+        let u = h.unit(1).unwrap();
+        u.timeouts == 1 && u.consecutive_unanswered == 0 && u.successes > 0
+    })
+    .await;
+    let u = h.unit(1).unwrap();
+    assert!(u.backoff.is_none());
+    assert_eq!(u.status, UnitStatus::Online);
+    // The retry filled the cycle: every cycle so far delivered every value.
+    let cycles = u.poll_cycles;
+    let mut seen = 0;
+    while seen < cycles {
+        let p = poll_until(&mut polls, "the cycles so far", |_| true).await;
+        assert!(all_ok(&p), "{p:?}");
+        seen += 1;
+    }
+    bus.shutdown().await;
+}

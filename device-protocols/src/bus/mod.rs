@@ -3,9 +3,13 @@
 //!
 //! - One transaction at a time. Units take turns request by request (round robin), each unit
 //!   on its own poll period; writes go before the next poll request.
-//! - A unit that times out ends its cycle at once and is backed off alone (exponential with
-//!   jitter, capped, see [`crate::backoff`]), so a dead unit costs the line at most one timeout
-//!   per backoff period. A timeout during which bytes arrived that never formed a frame (bad
+//! - Offline rule: a poll request that gets no answer is retried once at once (after the
+//!   other units' turn; [`BusConfig::offline_after`] attempts in all, default 2); the last
+//!   miss reports the unit offline *and* ends its cycle and backs it off alone (exponential
+//!   with jitter, capped, see [`crate::backoff`], never shorter than its poll period), in one
+//!   health update. So a unit that stops answering is reported offline within the cycle in
+//!   which it fell silent (within one poll period + 2 timeouts with the defaults), and a
+//!   dead unit costs the line at most one timeout per backoff period. A timeout during which bytes arrived that never formed a frame (bad
 //!   CRC, wrong baud rate) is handled the same way but reported as a corrupted answer, not as
 //!   silence. So are exceptions 0A/0B (gateway path unavailable, gateway target device failed
 //!   to respond): a Modbus TCP gateway answers them for a device behind it that is absent.
@@ -98,12 +102,18 @@ pub struct BusConfig {
     /// Silence after each answer before the next request (many RS-485 devices need a few ms
     /// to release the line). The RTU inter-frame gap t3.5 is always kept on serial lines.
     pub turnaround: Duration,
-    /// Backoff of a unit that timed out.
+    /// Backoff of a unit that went offline or is faulted (the delay is never shorter than
+    /// the unit's poll period).
     pub unit_backoff: BackoffConfig,
     /// Backoff between attempts to reopen a lost port or connection.
     pub reopen_backoff: BackoffConfig,
-    /// Transactions in a row without a valid answer (timeouts, corrupted answers) after
-    /// which a unit is reported offline.
+    /// Transactions in a row without a valid answer (timeouts, corrupted answers, gateway
+    /// exceptions 0A/0B) after which a unit is reported offline and backed off (minimum 1).
+    /// A poll request that gets no answer is retried at once (after the other units' turn)
+    /// until this is reached, so a unit that stops answering is reported offline within the
+    /// cycle in which it fell silent: at most one poll period plus `offline_after` ×
+    /// (`timeout` + turnaround, + one request of each other busy unit per retry) after its
+    /// last answer. Default 2: one lost frame does not flap the unit's health.
     pub offline_after: u32,
     /// Immediate retries of a transaction whose answer was corrupted.
     pub garbage_retries: u32,
@@ -115,7 +125,7 @@ pub struct BusConfig {
 
 impl BusConfig {
     /// A bus with defaults: 500 ms timeout, no extra turnaround, unit backoff 1 s…60 s,
-    /// reopen backoff 500 ms…30 s, offline after 3 transactions without a valid answer,
+    /// reopen backoff 500 ms…30 s, offline after 2 transactions without a valid answer,
     /// one retry on garbage.
     pub fn new(name: impl Into<String>, transport: Transport) -> Self {
         Self {
@@ -125,7 +135,7 @@ impl BusConfig {
             turnaround: Duration::ZERO,
             unit_backoff: BackoffConfig::new(Duration::from_secs(1), Duration::from_mins(1)),
             reopen_backoff: BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(30)),
-            offline_after: 3,
+            offline_after: 2,
             garbage_retries: 1,
             limits: PlanLimits::default(),
             event_capacity: 1024,
