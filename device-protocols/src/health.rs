@@ -161,3 +161,115 @@ impl BusHealth {
         self.units.iter().find(|u| u.unit == unit)
     }
 }
+
+/// One unit's entry in a [`BusStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitStatusEntry {
+    /// Modbus unit (slave) id.
+    pub unit: u8,
+    /// Its status.
+    pub status: UnitStatus,
+    /// Why it is not online (the unit's last error, or the port's), when the status changed;
+    /// `None` while online or unknown.
+    pub error: Option<String>,
+}
+
+/// The slowly changing part of a bus's health — what a device twin reports — published by
+/// [`crate::bus::BusHandle::watch_status`]. Unlike [`BusHealth`], whose counters change on
+/// every transaction, a new value is published only when the port goes down or comes back,
+/// or a unit's [`UnitStatus`] changes; poll events are not needed to see either (a backed-off
+/// unit or a closed port sends none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BusStatus {
+    /// Bus name.
+    pub bus: String,
+    /// Why the port or connection is down; `None` while it is open (or not tried yet).
+    pub port_down: Option<String>,
+    /// Units in configuration order.
+    pub units: Vec<UnitStatusEntry>,
+}
+
+impl BusStatus {
+    /// The status of `unit`, if it is on this bus.
+    pub fn unit(&self, unit: u8) -> Option<&UnitStatusEntry> {
+        self.units.iter().find(|u| u.unit == unit)
+    }
+
+    /// The status part of a health snapshot.
+    pub fn of(health: &BusHealth) -> Self {
+        let port_down = match &health.port {
+            PortState::Down { error, .. } => Some(error.clone()),
+            PortState::Stopped => Some("bus stopped".to_owned()),
+            PortState::Starting | PortState::Open => None,
+        };
+        let units = health
+            .units
+            .iter()
+            .map(|u| UnitStatusEntry {
+                unit: u.unit,
+                status: u.status,
+                error: match u.status {
+                    UnitStatus::Online | UnitStatus::Unknown => None,
+                    UnitStatus::Faulted | UnitStatus::Offline => port_down
+                        .clone()
+                        .map(|e| format!("port: {e}"))
+                        .or_else(|| u.last_error.clone()),
+                },
+            })
+            .collect();
+        Self {
+            bus: health.bus.clone(),
+            port_down,
+            units,
+        }
+    }
+
+    /// Whether `other` differs in what this status is about (port up/down and its error,
+    /// unit statuses), ignoring error texts of units whose status did not change.
+    fn same_states(&self, other: &Self) -> bool {
+        self.port_down == other.port_down
+            && self.units.len() == other.units.len()
+            && self
+                .units
+                .iter()
+                .zip(&other.units)
+                .all(|(a, b)| a.unit == b.unit && a.status == b.status)
+    }
+}
+
+/// The sending side of a bus's health: the full snapshot, and the status derived from it,
+/// published only when it changes.
+#[derive(Debug)]
+pub(crate) struct HealthTx {
+    health: tokio::sync::watch::Sender<BusHealth>,
+    status: tokio::sync::watch::Sender<BusStatus>,
+}
+
+impl HealthTx {
+    /// Channels for `initial`, and their receivers.
+    pub(crate) fn new(
+        initial: BusHealth,
+    ) -> (
+        Self,
+        tokio::sync::watch::Receiver<BusHealth>,
+        tokio::sync::watch::Receiver<BusStatus>,
+    ) {
+        let (status, status_rx) = tokio::sync::watch::channel(BusStatus::of(&initial));
+        let (health, health_rx) = tokio::sync::watch::channel(initial);
+        (Self { health, status }, health_rx, status_rx)
+    }
+
+    /// Changes the snapshot (watchers are notified) and republishes the status if it changed.
+    pub(crate) fn modify(&self, f: impl FnOnce(&mut BusHealth)) {
+        self.health.send_modify(f);
+        let next = BusStatus::of(&self.health.borrow());
+        self.status.send_if_modified(|s| {
+            if s.same_states(&next) {
+                false
+            } else {
+                *s = next;
+                true
+            }
+        });
+    }
+}

@@ -15,7 +15,7 @@ use device_protocols::bus::{
     Bus, BusConfig, BusHandle, Exception, PointError, Transport, UnitConfig, UnitPoll, WriteError,
 };
 use device_protocols::codec::{self, WriteData};
-use device_protocols::health::{BusHealth, PortState, UnitStatus};
+use device_protocols::health::{BusHealth, BusStatus, PortState, UnitStatus};
 use device_protocols::point::{DataType, Order, Point, Table, Value};
 use device_protocols::serial::SerialSettings;
 use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, UnitMap};
@@ -1035,5 +1035,90 @@ async fn one_lost_answer_is_retried_without_going_offline() {
         assert!(all_ok(&p), "{p:?}");
         seen += 1;
     }
+    bus.shutdown().await;
+}
+
+/// Awaits `cond` on the status watch, with a deadline.
+async fn status_until(
+    rx: &mut tokio::sync::watch::Receiver<BusStatus>,
+    what: &str,
+    cond: impl FnMut(&BusStatus) -> bool,
+) -> BusStatus {
+    let found = match tokio::time::timeout(common::DEADLINE, rx.wait_for(cond)).await {
+        Ok(Ok(s)) => Some(s.clone()),
+        _ => None,
+    };
+    found.unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for: {what}\nlast status: {:#?}",
+            rx.borrow()
+        )
+    })
+}
+
+fn statuses(s: &BusStatus) -> Vec<UnitStatus> {
+    s.units.iter().map(|u| u.status).collect()
+}
+
+/// Health changes are observable without poll events (nobody reads them here: a port that
+/// is down or a backed-off unit sends none anyway): the status watch follows a unit going
+/// offline, the port going down and coming back, and units answering again — and stays
+/// quiet while nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_changes_are_observable_without_poll_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 2);
+    let (bus, polls) = Bus::spawn(config(sim.path()), four_point_units(2)).unwrap();
+    drop(polls);
+    let mut rx = bus.watch_status();
+    assert_eq!(
+        statuses(&rx.borrow_and_update()),
+        [UnitStatus::Unknown, UnitStatus::Unknown]
+    );
+    status_until(&mut rx, "all online", |s| {
+        statuses(s) == [UnitStatus::Online, UnitStatus::Online]
+    })
+    .await;
+
+    // Quiet while nothing changes, though every transaction updates the health.
+    rx.mark_unchanged();
+    let before = bus.health();
+    health_until(&bus, "10 more cycles each", |h| {
+        cycles(h, 1) >= cycles(&before, 1) + 10 && cycles(h, 2) >= cycles(&before, 2) + 10
+    })
+    .await;
+    assert!(
+        !rx.has_changed().unwrap(),
+        "no status change: no notification"
+    );
+
+    // A unit goes silent: offline (with the reason), and backed off.
+    sim.handle().set_silent(2, true);
+    let s = status_until(&mut rx, "unit 2 offline", |s| {
+        s.unit(2).unwrap().status == UnitStatus::Offline
+    })
+    .await;
+    assert_eq!(s.unit(2).unwrap().error.as_deref(), Some("timeout"));
+    assert_eq!(s.unit(1).unwrap().status, UnitStatus::Online);
+    assert!(bus.health().unit(2).unwrap().backoff.is_some());
+
+    // The port goes away: every unit offline, naming the port.
+    sim.unplug().await.unwrap();
+    let s = status_until(&mut rx, "port down", |s| s.port_down.is_some()).await;
+    assert_eq!(statuses(&s), [UnitStatus::Offline, UnitStatus::Offline]);
+    let error = s.unit(1).unwrap().error.clone().unwrap();
+    assert!(
+        error.starts_with("port: ") && error.contains(&sim.path().display().to_string()),
+        "{error}"
+    );
+
+    sim.handle().set_silent(2, false);
+    sim.replug().await.unwrap();
+    let s = status_until(&mut rx, "all online again", |s| {
+        statuses(s) == [UnitStatus::Online, UnitStatus::Online]
+    })
+    .await;
+    assert_eq!(s.port_down, None);
+    assert!(s.units.iter().all(|u| u.error.is_none()));
     bus.shutdown().await;
 }

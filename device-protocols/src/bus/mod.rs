@@ -59,7 +59,7 @@ use tokio_modbus::{Request, Response};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::codec::{self, DecodeError, EncodeError, WriteData};
-use crate::health::{BusHealth, PortState, UnitHealth, UnitStatus};
+use crate::health::{BusHealth, BusStatus, HealthTx, PortState, UnitHealth, UnitStatus};
 use crate::planner::{AdaptivePlanner, PlanIssue, PlanLimits, ReadRequest, SplitOutcome};
 use crate::point::{Point, Table, Value};
 use crate::serial::SerialSettings;
@@ -389,6 +389,7 @@ pub struct Bus;
 pub struct BusHandle {
     commands: mpsc::Sender<Command>,
     health: watch::Receiver<BusHealth>,
+    status: watch::Receiver<BusStatus>,
 }
 
 impl Bus {
@@ -406,7 +407,7 @@ impl Bus {
             events_dropped: 0,
             units: units.iter().map(|u| UnitHealth::new(u.unit)).collect(),
         };
-        let (health_tx, health_rx) = watch::channel(health);
+        let (health_tx, health_rx, status_rx) = HealthTx::new(health);
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
         let now = Instant::now();
@@ -430,6 +431,7 @@ impl Bus {
             BusHandle {
                 commands: cmd_tx,
                 health: health_rx,
+                status: status_rx,
             },
             event_rx,
         ))
@@ -472,9 +474,22 @@ impl BusHandle {
         self.health.borrow().clone()
     }
 
-    /// A receiver that is notified on every health change.
+    /// A receiver that is notified on every health change (every transaction).
     pub fn watch_health(&self) -> watch::Receiver<BusHealth> {
         self.health.clone()
+    }
+
+    /// The latest status: port up or down, each unit online / faulted / offline / unknown.
+    pub fn status(&self) -> BusStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that is notified only when the status changes: the port goes down or comes
+    /// back, or a unit's [`UnitStatus`] changes (it goes offline and is backed off, becomes
+    /// faulted, answers again). It needs no poll events — a bus whose port is down, or a
+    /// backed-off unit, sends none — so a bridge can mark devices offline from it alone.
+    pub fn watch_status(&self) -> watch::Receiver<BusStatus> {
+        self.status.clone()
     }
 
     /// Stops the bus task (closing the port) and waits for it.
@@ -617,7 +632,7 @@ struct Runtime {
     units: Vec<UnitState>,
     link: Option<Link>,
     reopen: Backoff,
-    health: watch::Sender<BusHealth>,
+    health: HealthTx,
     events: mpsc::Sender<UnitPoll>,
     commands: mpsc::Receiver<Command>,
     /// Round-robin position: index of the unit served last.
@@ -672,7 +687,7 @@ impl Runtime {
             }
         }
         self.link = None;
-        self.health.send_modify(|h| h.port = PortState::Stopped);
+        self.health.modify(|h| h.port = PortState::Stopped);
         tracing::info!(bus = %name, "bus stopped");
         if let Some(ack) = self.stopped_ack.take() {
             let _ = ack.send(());
@@ -707,7 +722,7 @@ impl Runtime {
                         // a replug often brings them all back.
                         u.next_due = u.next_due.min(now);
                     }
-                    self.health.send_modify(|h| {
+                    self.health.modify(|h| {
                         h.port = PortState::Open;
                         h.opens += 1;
                     });
@@ -717,7 +732,7 @@ impl Runtime {
                     let attempts = self.reopen.failures() + 1;
                     let delay = self.reopen.next_delay();
                     tracing::warn!(bus = %self.config.name, %error, retry_in = ?delay, "cannot open port");
-                    self.health.send_modify(|h| {
+                    self.health.modify(|h| {
                         h.port = PortState::Down {
                             error: error.clone(),
                             attempts,
@@ -824,7 +839,7 @@ impl Runtime {
         let offline_after = self.config.offline_after.max(1);
         let bus = &self.config.name;
         let state = &mut self.units[idx];
-        self.health.send_modify(|h| {
+        self.health.modify(|h| {
             let u = &mut h.units[idx];
             u.transactions += 1;
             match outcome {
@@ -889,7 +904,7 @@ impl Runtime {
     fn port_lost(&mut self, error: &str) {
         tracing::warn!(bus = %self.config.name, %error, "port lost; reopening");
         self.link = None;
-        self.health.send_modify(|h| {
+        self.health.modify(|h| {
             h.port = PortState::Down {
                 error: error.to_owned(),
                 attempts: 0,
@@ -1008,7 +1023,7 @@ impl Runtime {
             u.next_due = now + delay;
         }
         let (unit, bus) = (u.unit, &self.config.name);
-        self.health.send_modify(|h| {
+        self.health.modify(|h| {
             let uh = &mut h.units[idx];
             if let Some(delay) = faulted_delay {
                 if uh.status != UnitStatus::Faulted {
@@ -1043,7 +1058,7 @@ impl Runtime {
             self.events.try_send(poll),
             Err(mpsc::error::TrySendError::Full(_))
         );
-        self.health.send_modify(|h| {
+        self.health.modify(|h| {
             h.units[idx].poll_cycles += 1;
             if dropped {
                 h.events_dropped += 1;
