@@ -1122,3 +1122,23 @@ async fn status_changes_are_observable_without_poll_events() {
     assert!(s.units.iter().all(|u| u.error.is_none()));
     bus.shutdown().await;
 }
+
+/// Round robin starts with the first configured unit, and keeps the configured order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_starts_with_the_first_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 3);
+    // One request per cycle each, all due together every 200 ms.
+    let units = (1..=3)
+        .map(|u| UnitConfig::new(u, Duration::from_millis(200), u16_points(1, 0)))
+        .collect();
+    let (bus, mut polls) = Bus::spawn(config(sim.path()), units).unwrap();
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let p = poll_until(&mut polls, "a poll", |_| true).await;
+        assert!(all_ok(&p), "{p:?}");
+        order.push(p.unit);
+    }
+    assert_eq!(order, [1, 2, 3, 1, 2, 3]);
+    bus.shutdown().await;
+}

@@ -411,10 +411,12 @@ impl Bus {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
         let now = Instant::now();
-        let states = units
+        let states: Vec<UnitState> = units
             .into_iter()
             .map(|u| UnitState::new(u, &config, now))
             .collect();
+        // As if the last unit had just been served: the first turn is the first unit's.
+        let rr = states.len().saturating_sub(1);
         let runtime = Runtime {
             reopen: Backoff::new(config.reopen_backoff),
             config,
@@ -423,7 +425,7 @@ impl Bus {
             health: health_tx,
             events: event_tx,
             commands: cmd_rx,
-            rr: 0,
+            rr,
             stopped_ack: None,
         };
         tokio::spawn(runtime.run());
