@@ -1142,3 +1142,50 @@ async fn round_robin_starts_with_the_first_unit() {
     assert_eq!(order, [1, 2, 3, 1, 2, 3]);
     bus.shutdown().await;
 }
+
+/// `UnitConfig::with_write_multiple`: a device without fc 5/6 gets fc 15/16 for every
+/// write, single coils and registers included; read-backs work as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_multiple_unit_uses_fc_15_and_16() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = RtuSim::start(
+        dir.path().join("tty"),
+        SimMap::new().with_unit(1, holding_unit(&[0; 2]).with_coils(0, &[false])),
+    )
+    .unwrap();
+    let unit = UnitConfig::new(
+        1,
+        Duration::from_millis(50),
+        vec![
+            Point::new("reg", Table::Holding, 0, DataType::U16)
+                .unwrap()
+                .with_writable(true),
+            Point::new("flag", Table::Holding, 1, DataType::Bit(2))
+                .unwrap()
+                .with_writable(true),
+            Point::new("coil", Table::Coil, 0, DataType::Bool)
+                .unwrap()
+                .with_writable(true),
+        ],
+    )
+    .with_write_multiple(true);
+    assert!(unit.points.iter().all(|p| p.write_multiple));
+    let (bus, _polls) = spawn_online(&sim, vec![unit]).await;
+    assert_eq!(bus.write(1, "reg", Value::U64(9)).await, Ok(Value::U64(9)));
+    assert_eq!(
+        bus.write(1, "flag", Value::Bool(true)).await,
+        Ok(Value::Bool(true))
+    );
+    assert_eq!(
+        bus.write(1, "coil", Value::Bool(true)).await,
+        Ok(Value::Bool(true))
+    );
+    let by_fc = sim.handle().stats(1).unwrap().by_function;
+    assert_eq!((by_fc[5], by_fc[6]), (0, 0), "no single writes");
+    assert_eq!((by_fc[15], by_fc[16]), (1, 2));
+    assert_eq!(
+        sim.handle().values(1, Table::Holding, 0, 2),
+        Some(vec![9, 4])
+    );
+    bus.shutdown().await;
+}

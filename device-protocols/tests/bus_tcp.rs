@@ -58,6 +58,11 @@ async fn read_write_roundtrip(bus: &BusHandle, polls: &mut mpsc::Receiver<UnitPo
     assert_eq!(p.get("power"), Some(&Ok(Value::F64(230.5))));
     assert_eq!(p.get("count"), Some(&Ok(Value::U64(70_000))));
     assert_eq!(p.get("relay"), Some(&Ok(Value::Bool(true))));
+    // An f32 cannot hold 0.1: the read-back differs from what was written as an f64, and is
+    // the same value in the point's own type.
+    let back = bus.write(unit, "power", Value::F64(0.1)).await.unwrap();
+    assert_ne!(back, Value::F64(0.1));
+    assert!(points()[0].same_value(&back, &Value::F64(0.1)), "{back:?}");
     assert_eq!(
         bus.write(unit, "power", Value::F64(-1.5)).await,
         Ok(Value::F64(-1.5))

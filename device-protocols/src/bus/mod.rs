@@ -166,6 +166,24 @@ impl UnitConfig {
             limits: None,
         }
     }
+
+    /// Writes every point of the unit with fc 15/16, even single coils and registers (for
+    /// devices without fc 5/6): sets [`Point::write_multiple`] on the points given so far.
+    #[must_use]
+    pub fn with_write_multiple(mut self, write_multiple: bool) -> Self {
+        for p in &mut self.points {
+            p.write_multiple = write_multiple;
+        }
+        self
+    }
+
+    /// Planner limits for this unit instead of the bus's (e.g. a device that reads at most
+    /// 32 registers per request).
+    #[must_use]
+    pub fn with_limits(mut self, limits: PlanLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
 }
 
 /// Why a bus cannot start.
@@ -442,6 +460,10 @@ impl Bus {
 
 impl BusHandle {
     /// Writes `value` to `point` of `unit` and returns the value read back from the device.
+    ///
+    /// The read-back is in the point's precision: compare it with `value` using
+    /// [`Point::same_value`] (or [`crate::codec::same_value`]), not `==` — an f32 point reads
+    /// `0.1` back as `0.100000001490116…`, a point with scale 0.1 reads `22.45` back as `22.5`.
     pub async fn write(&self, unit: u8, point: &str, value: Value) -> Result<Value, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.commands
