@@ -7,9 +7,16 @@
 //! so they mean *absent*. A garbled answer (bad CRC, wrong unit or function in the reply)
 //! means *something* is there but the line settings may be wrong, and is reported separately.
 //!
-//! The scan drives a tokio-modbus client [`Context`] so it works on RTU (serial or pty), RTU
-//! over TCP and Modbus TCP alike; for RTU, attach with
-//! `tokio_modbus::client::rtu::attach(crate::serial::open(&settings)?)`.
+//! [`scan_port`] opens the port or connection of a [`Transport`] (the bus's own type), scans
+//! and closes it again. [`scan`] drives a tokio-modbus client [`Context`] you opened yourself,
+//! on RTU (serial or pty), RTU over TCP or Modbus TCP alike.
+//!
+//! A scan cannot share a line with a running [`crate::bus::Bus`]: two masters on one RS-485
+//! line (or two opens of one serial port) interleave their frames and each takes the other's
+//! answers for garbage, and a transparent serial device server (RTU over TCP) usually serves
+//! one connection at a time. Stop the bus first ([`crate::bus::BusHandle::shutdown`]), scan,
+//! then start it again. (A Modbus TCP gateway may accept a second connection, but its serial
+//! side still serves one request at a time, so scanning slows the bus down.)
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
@@ -18,6 +25,11 @@ use serde::{Deserialize, Serialize};
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, ProtocolError, Slave};
+
+use crate::bus::Transport;
+
+/// How long connecting to a TCP endpoint for [`scan_port`] may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The request sent to each id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +148,14 @@ pub struct ScanReport {
 /// Errors that end a scan early.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
+    /// The port or connection could not be opened ([`scan_port`]).
+    #[error("bus scan: cannot open {transport}: {error}")]
+    Open {
+        /// The port or endpoint.
+        transport: String,
+        /// Why.
+        error: String,
+    },
     /// The transport failed (port unplugged, connection closed).
     #[error("bus scan stopped at unit {unit}: {source}")]
     Transport {
@@ -197,6 +217,69 @@ fn classify(result: Result<tokio_modbus::Result<()>, tokio::time::error::Elapsed
             std::io::ErrorKind::BrokenPipe => Classified::RetryAfterPipe,
             _ => Classified::Fatal(e),
         },
+    }
+}
+
+/// Opens `transport` (serial port, Modbus TCP or RTU-over-TCP endpoint), probes every id in
+/// `settings.units`, calling `progress` after each probe, and closes the port or connection
+/// again — also when the scan fails.
+///
+/// Not while a [`crate::bus::Bus`] runs on the same port or endpoint (see the module docs).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), device_protocols::scan::ScanError> {
+/// use device_protocols::bus::Transport;
+/// use device_protocols::scan::{self, ScanSettings};
+/// use device_protocols::serial::SerialSettings;
+///
+/// let port = Transport::Serial(SerialSettings::new("/dev/serial/by-id/usb-FTDI-if00-port0"));
+/// let report = scan::scan_port(&port, &ScanSettings::default(), |p| {
+///     eprintln!("{}/{}: unit {} {:?}", p.done, p.total, p.unit, p.outcome);
+/// })
+/// .await?;
+/// println!("found {:?}, garbled {:?}", report.found, report.garbled);
+/// # Ok(()) }
+/// ```
+pub async fn scan_port(
+    transport: &Transport,
+    settings: &ScanSettings,
+    progress: impl FnMut(ScanProgress),
+) -> Result<ScanReport, ScanError> {
+    let mut ctx = open(transport).await?;
+    let report = scan(&mut ctx, settings, progress).await;
+    // Dropping the context closes the port too; disconnecting first also shuts a TCP
+    // connection down cleanly. A failure here changes nothing about the scan's result.
+    let _ = tokio_modbus::client::Client::disconnect(&mut ctx).await;
+    drop(ctx);
+    report
+}
+
+async fn open(transport: &Transport) -> Result<Context, ScanError> {
+    let failed = |error: String| ScanError::Open {
+        transport: transport.to_string(),
+        error,
+    };
+    match transport {
+        Transport::Serial(settings) => {
+            let port = crate::serial::open(settings).map_err(|e| failed(e.to_string()))?;
+            Ok(tokio_modbus::client::rtu::attach(port))
+        }
+        Transport::Tcp(addr) | Transport::RtuOverTcp(addr) => {
+            let stream =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| failed(format!("timed out after {CONNECT_TIMEOUT:?}")))?
+                    .map_err(|e| failed(e.to_string()))?;
+            // Requests are tiny and latency-bound.
+            stream
+                .set_nodelay(true)
+                .map_err(|e| failed(format!("setting TCP_NODELAY: {e}")))?;
+            Ok(if matches!(transport, Transport::Tcp(_)) {
+                tokio_modbus::client::tcp::attach(stream)
+            } else {
+                tokio_modbus::client::rtu::attach(stream)
+            })
+        }
     }
 }
 
