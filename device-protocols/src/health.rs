@@ -1,5 +1,10 @@
 //! Per-unit and per-bus health, as published by the bus runtime; [`PortState`] also by the
 //! line-device runtime ([`crate::line::LineDevice`]).
+//!
+//! [`BusHealth`] (from [`crate::bus::BusHandle::health`] / `watch_health`) changes with every
+//! transaction: counters, errors, backoff. [`BusStatus`] (`status` / `watch_status`) is the
+//! part a device twin reports — port up or down, each unit's [`UnitStatus`] — and changes only
+//! when one of those does, with or without poll events.
 
 use std::time::{Duration, SystemTime};
 
