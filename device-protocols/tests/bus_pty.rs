@@ -526,6 +526,11 @@ async fn garbage_is_counted_and_healthy_units_keep_their_values() {
     let h = health_until(&bus, "unit 2 offline", |h| !h.unit(2).unwrap().online).await;
     assert!(h.unit(1).unwrap().online && h.unit(3).unwrap().online);
     assert_eq!(h.unit(2).unwrap().timeouts, 0);
+    assert_eq!(h.unit(2).unwrap().status, UnitStatus::Offline);
+    assert!(
+        h.unit(2).unwrap().backoff.is_some(),
+        "offline means backed off"
+    );
     let before = bus.health();
     health_until(&bus, "more garbage counted, healthy units polled", |h| {
         h.unit(2).unwrap().crc_errors >= before.unit(2).unwrap().crc_errors + 3

@@ -9,7 +9,9 @@
 //!   with jitter, capped, see [`crate::backoff`], never shorter than its poll period), in one
 //!   health update. So a unit that stops answering is reported offline within the cycle in
 //!   which it fell silent (within one poll period + 2 timeouts with the defaults), and a
-//!   dead unit costs the line at most one timeout per backoff period. A timeout during which bytes arrived that never formed a frame (bad
+//!   dead unit costs the line at most one timeout per backoff period. A unit answering only
+//!   garbage (corrupted frames, after `garbage_retries` immediate retries) goes offline and
+//!   is backed off the same way. A timeout during which bytes arrived that never formed a frame (bad
 //!   CRC, wrong baud rate) is handled the same way but reported as a corrupted answer, not as
 //!   silence. So are exceptions 0A/0B (gateway path unavailable, gateway target device failed
 //!   to respond): a Modbus TCP gateway answers them for a device behind it that is absent.
@@ -876,6 +878,7 @@ impl Runtime {
                     u.consecutive_timeouts = 0;
                     u.consecutive_unanswered = 0;
                     u.backoff = None;
+                    state.backed_off = None;
                 }
                 Tally::Failure(e) => {
                     u.consecutive_errors += 1;
@@ -915,7 +918,14 @@ impl Runtime {
                         u.online = false;
                         u.status = UnitStatus::Offline;
                     }
-                    if poll && e.is_no_answer() && u.consecutive_unanswered >= offline_after {
+                    // Offline means backed off, whether silent or only babbling garbage (once
+                    // per poll request: garbage retries do not double the delay).
+                    let unanswered = e.is_no_answer() || matches!(e, TxError::Garbage(_));
+                    if poll
+                        && unanswered
+                        && u.consecutive_unanswered >= offline_after
+                        && state.backed_off.is_none()
+                    {
                         let delay = state.backoff.next_delay().max(state.poll);
                         state.backed_off = Some(delay);
                         u.backoff = Some(delay);
@@ -1011,6 +1021,13 @@ impl Runtime {
                         }
                     }
                 }
+            }
+            Err(e @ TxError::Garbage(_)) if u.backed_off.is_some() => {
+                // Only corrupted answers, offline (and backed off by `tally`): end the cycle.
+                let delay = u.backed_off.take().unwrap_or(u.poll);
+                self.finish_cycle(idx, CycleEnd::Aborted(PointError::from(e)));
+                self.units[idx].next_due = Instant::now() + delay;
+                return;
             }
             Err(e) => {
                 if matches!(e, TxError::Exception(_)) {
