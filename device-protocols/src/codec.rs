@@ -243,6 +243,37 @@ pub fn encode(point: &Point, value: &crate::point::Value) -> Result<WriteData, E
     }
 }
 
+/// The value `point` holds after `value` is written to it: `value` encoded to the point's
+/// representation and decoded back (an f32 point narrows `0.1` to `0.100000001490116…`, a
+/// scaled integer point rounds `22.45` at scale 0.1 to `22.5`, a `u16` given `7.0` gives
+/// `7`). What a read-back of a successful write returns, so a desired value can be compared
+/// with it, or reported in the point's own precision.
+pub fn normalize(
+    point: &Point,
+    value: &crate::point::Value,
+) -> Result<crate::point::Value, EncodeError> {
+    use crate::point::Value;
+    Ok(match encode(point, value)? {
+        WriteData::Coil(b) | WriteData::Bit { set: b, .. } => Value::Bool(b),
+        // Registers encoded for this very point always decode (right count, right table);
+        // should that ever fail, the given value is the best answer.
+        WriteData::Registers(regs) => {
+            decode_registers(point, &regs).unwrap_or_else(|_| value.clone())
+        }
+    })
+}
+
+/// Whether `a` and `b` are the same value *for this point*: both encode to the same
+/// registers or bits. Compares a desired value with a read-back in the point's own type
+/// (f32 precision, scale rounding, string padding; `7`, `7.0` and `7u64` alike). False when
+/// either does not fit the point.
+pub fn same_value(point: &Point, a: &crate::point::Value, b: &crate::point::Value) -> bool {
+    match (encode(point, a), encode(point, b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// Applies a [`WriteData::Bit`] change to the current register value.
 pub fn apply_bit(current: u16, bit: u8, set: bool) -> u16 {
     if set {

@@ -357,6 +357,21 @@ impl Point {
         self.writable = writable;
         self
     }
+
+    /// Writes with fc 15/16 even for a single coil or register (builder style; for devices
+    /// without fc 5/6).
+    #[must_use]
+    pub fn with_write_multiple(mut self, write_multiple: bool) -> Self {
+        self.write_multiple = write_multiple;
+        self
+    }
+
+    /// Whether `a` and `b` are the same value for this point (see [`crate::codec::same_value`]):
+    /// compare a desired value with a write's read-back with this, not with `==` (an f32
+    /// point reads `0.1` back as `0.100000001490116…`).
+    pub fn same_value(&self, a: &Value, b: &Value) -> bool {
+        crate::codec::same_value(self, a, b)
+    }
 }
 
 /// A decoded value.

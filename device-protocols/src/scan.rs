@@ -1,13 +1,22 @@
 //! Bus scan: which unit ids answer on a line.
 //!
 //! Each id in the range gets one probe request with a short timeout. A normal answer *and an
-//! exception answer* both mean a device is there (it decoded the request and replied); a
-//! garbled answer (bad CRC, wrong unit or function in the reply) means *something* is there
-//! but the line settings may be wrong, and is reported separately.
+//! exception answer* both mean a device is there (it decoded the request and replied) —
+//! except exceptions 0A (gateway path unavailable) and 0B (gateway target device failed to
+//! respond): a Modbus TCP gateway answers those itself for an id with no device behind it,
+//! so they mean *absent*. A garbled answer (bad CRC, wrong unit or function in the reply)
+//! means *something* is there but the line settings may be wrong, and is reported separately.
 //!
-//! The scan drives a tokio-modbus client [`Context`] so it works on RTU (serial or pty), RTU
-//! over TCP and Modbus TCP alike; for RTU, attach with
-//! `tokio_modbus::client::rtu::attach(crate::serial::open(&settings)?)`.
+//! [`scan_port`] opens the port or connection of a [`Transport`] (the bus's own type), scans
+//! and closes it again. [`scan`] drives a tokio-modbus client [`Context`] you opened yourself,
+//! on RTU (serial or pty), RTU over TCP or Modbus TCP alike.
+//!
+//! A scan cannot share a line with a running [`crate::bus::Bus`]: two masters on one RS-485
+//! line (or two opens of one serial port) interleave their frames and each takes the other's
+//! answers for garbage, and a transparent serial device server (RTU over TCP) usually serves
+//! one connection at a time. Stop the bus first ([`crate::bus::BusHandle::shutdown`]), scan,
+//! then start it again. (A Modbus TCP gateway may accept a second connection, but its serial
+//! side still serves one request at a time, so scanning slows the bus down.)
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
@@ -16,6 +25,11 @@ use serde::{Deserialize, Serialize};
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, ProtocolError, Slave};
+
+use crate::bus::Transport;
+
+/// How long connecting to a TCP endpoint for [`scan_port`] may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The request sent to each id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +107,9 @@ pub enum ProbeOutcome {
     Answered,
     /// An exception answer (the device is there).
     Exception(ExceptionCode),
+    /// Exception 0A or 0B: a gateway answered that no device behind it responds to this id
+    /// (the device is absent).
+    GatewayNoResponse(ExceptionCode),
     /// Bytes came back but did not decode as this unit's answer.
     Garbled,
     /// Nothing within the timeout.
@@ -131,6 +148,14 @@ pub struct ScanReport {
 /// Errors that end a scan early.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
+    /// The port or connection could not be opened ([`scan_port`]).
+    #[error("bus scan: cannot open {transport}: {error}")]
+    Open {
+        /// The port or endpoint.
+        transport: String,
+        /// Why.
+        error: String,
+    },
     /// The transport failed (port unplugged, connection closed).
     #[error("bus scan stopped at unit {unit}: {source}")]
     Transport {
@@ -179,6 +204,9 @@ fn classify(result: Result<tokio_modbus::Result<()>, tokio::time::error::Elapsed
     match result {
         Err(_elapsed) => Classified::Outcome(ProbeOutcome::Silent),
         Ok(Ok(Ok(()))) => Classified::Outcome(ProbeOutcome::Answered),
+        Ok(Ok(Err(
+            code @ (ExceptionCode::GatewayPathUnavailable | ExceptionCode::GatewayTargetDevice),
+        ))) => Classified::Outcome(ProbeOutcome::GatewayNoResponse(code)),
         Ok(Ok(Err(code))) => Classified::Outcome(ProbeOutcome::Exception(code)),
         Ok(Err(tokio_modbus::Error::Protocol(ProtocolError::HeaderMismatch { .. }))) => {
             Classified::RetryAfterMismatch
@@ -189,6 +217,69 @@ fn classify(result: Result<tokio_modbus::Result<()>, tokio::time::error::Elapsed
             std::io::ErrorKind::BrokenPipe => Classified::RetryAfterPipe,
             _ => Classified::Fatal(e),
         },
+    }
+}
+
+/// Opens `transport` (serial port, Modbus TCP or RTU-over-TCP endpoint), probes every id in
+/// `settings.units`, calling `progress` after each probe, and closes the port or connection
+/// again — also when the scan fails.
+///
+/// Not while a [`crate::bus::Bus`] runs on the same port or endpoint (see the module docs).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), device_protocols::scan::ScanError> {
+/// use device_protocols::bus::Transport;
+/// use device_protocols::scan::{self, ScanSettings};
+/// use device_protocols::serial::SerialSettings;
+///
+/// let port = Transport::Serial(SerialSettings::new("/dev/serial/by-id/usb-FTDI-if00-port0"));
+/// let report = scan::scan_port(&port, &ScanSettings::default(), |p| {
+///     eprintln!("{}/{}: unit {} {:?}", p.done, p.total, p.unit, p.outcome);
+/// })
+/// .await?;
+/// println!("found {:?}, garbled {:?}", report.found, report.garbled);
+/// # Ok(()) }
+/// ```
+pub async fn scan_port(
+    transport: &Transport,
+    settings: &ScanSettings,
+    progress: impl FnMut(ScanProgress),
+) -> Result<ScanReport, ScanError> {
+    let mut ctx = open(transport).await?;
+    let report = scan(&mut ctx, settings, progress).await;
+    // Dropping the context closes the port too; disconnecting first also shuts a TCP
+    // connection down cleanly. A failure here changes nothing about the scan's result.
+    let _ = tokio_modbus::client::Client::disconnect(&mut ctx).await;
+    drop(ctx);
+    report
+}
+
+async fn open(transport: &Transport) -> Result<Context, ScanError> {
+    let failed = |error: String| ScanError::Open {
+        transport: transport.to_string(),
+        error,
+    };
+    match transport {
+        Transport::Serial(settings) => {
+            let port = crate::serial::open(settings).map_err(|e| failed(e.to_string()))?;
+            Ok(tokio_modbus::client::rtu::attach(port))
+        }
+        Transport::Tcp(addr) | Transport::RtuOverTcp(addr) => {
+            let stream =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| failed(format!("timed out after {CONNECT_TIMEOUT:?}")))?
+                    .map_err(|e| failed(e.to_string()))?;
+            // Requests are tiny and latency-bound.
+            stream
+                .set_nodelay(true)
+                .map_err(|e| failed(format!("setting TCP_NODELAY: {e}")))?;
+            Ok(if matches!(transport, Transport::Tcp(_)) {
+                tokio_modbus::client::tcp::attach(stream)
+            } else {
+                tokio_modbus::client::rtu::attach(stream)
+            })
+        }
     }
 }
 
@@ -224,7 +315,7 @@ pub async fn scan(
         match outcome {
             ProbeOutcome::Answered | ProbeOutcome::Exception(_) => report.found.push(unit),
             ProbeOutcome::Garbled => report.garbled.push(unit),
-            ProbeOutcome::Silent => {}
+            ProbeOutcome::Silent | ProbeOutcome::GatewayNoResponse(_) => {}
         }
         progress(ScanProgress {
             unit,
@@ -255,6 +346,16 @@ mod tests {
             Some(ProbeOutcome::Exception(ExceptionCode::IllegalDataAddress))
         );
         assert!(ProbeOutcome::Exception(ExceptionCode::ServerDeviceBusy).is_present());
+        for code in [
+            ExceptionCode::GatewayPathUnavailable,
+            ExceptionCode::GatewayTargetDevice,
+        ] {
+            assert_eq!(
+                outcome(Ok(Ok(Err(code)))),
+                Some(ProbeOutcome::GatewayNoResponse(code))
+            );
+            assert!(!ProbeOutcome::GatewayNoResponse(code).is_present());
+        }
         assert!(!ProbeOutcome::Garbled.is_present());
         let decode = std::io::Error::new(std::io::ErrorKind::InvalidData, "Invalid CRC");
         assert_eq!(outcome(Ok(Err(decode.into()))), Some(ProbeOutcome::Garbled));

@@ -15,7 +15,7 @@ use device_protocols::bus::{
     Bus, BusConfig, BusHandle, Exception, PointError, Transport, UnitConfig, UnitPoll, WriteError,
 };
 use device_protocols::codec::{self, WriteData};
-use device_protocols::health::{BusHealth, PortState};
+use device_protocols::health::{BusHealth, BusStatus, PortState, UnitStatus};
 use device_protocols::point::{DataType, Order, Point, Table, Value};
 use device_protocols::serial::SerialSettings;
 use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, UnitMap};
@@ -360,6 +360,13 @@ async fn silent_unit_is_backed_off_alone_and_recovers() {
         attempts * 4 < cycles(&after, 1) - cycles(&before, 1),
         "dead unit is backed off: {attempts} attempts"
     );
+    // The cycle in which it went silent retried the request once (one lost frame must not
+    // flap a unit's health) and took it offline; the cycles after that are one request each.
+    let first = poll_until(&mut polls, "the first failed poll of unit 2", |p| {
+        p.unit == 2 && !all_ok(p)
+    })
+    .await;
+    assert_eq!(first.requests, 2, "timeout, retry, offline");
     let failed = poll_until(&mut polls, "a failed poll of unit 2", |p| p.unit == 2).await;
     assert_eq!(failed.requests, 1);
     assert!(
@@ -519,6 +526,11 @@ async fn garbage_is_counted_and_healthy_units_keep_their_values() {
     let h = health_until(&bus, "unit 2 offline", |h| !h.unit(2).unwrap().online).await;
     assert!(h.unit(1).unwrap().online && h.unit(3).unwrap().online);
     assert_eq!(h.unit(2).unwrap().timeouts, 0);
+    assert_eq!(h.unit(2).unwrap().status, UnitStatus::Offline);
+    assert!(
+        h.unit(2).unwrap().backoff.is_some(),
+        "offline means backed off"
+    );
     let before = bus.health();
     health_until(&bus, "more garbage counted, healthy units polled", |h| {
         h.unit(2).unwrap().crc_errors >= before.unit(2).unwrap().crc_errors + 3
@@ -843,5 +855,342 @@ async fn units_take_turns_request_by_request() {
     assert!(max - min <= 3, "transactions per unit {tx:?}");
     // Unit 1 needs 5 requests per cycle, the others 1.
     assert!(cycles(&h, 2) >= 4 * cycles(&h, 1), "{h:#?}");
+    bus.shutdown().await;
+}
+
+/// A unit that answers every read with an exception (here 04, server device failure) is
+/// alive but delivers no data: it is reported faulted, not online, and backed off like an
+/// offline unit, while its neighbour keeps being polled. Healed, it is online again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_refusing_every_read_is_faulted_and_backed_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 2);
+    let (bus, mut polls) = spawn_online(&sim, four_point_units(2)).await;
+    assert!(
+        bus.health()
+            .units
+            .iter()
+            .all(|u| u.status == UnitStatus::Online)
+    );
+
+    sim.handle()
+        .add_exception(2, ExceptionRule::always(ExceptionCode::ServerDeviceFailure));
+    let h = health_until(&bus, "unit 2 faulted", |h| {
+        h.unit(2).unwrap().status == UnitStatus::Faulted
+    })
+    .await;
+    let u2 = h.unit(2).unwrap();
+    assert!(u2.backoff.is_some(), "a faulted unit is backed off");
+    assert!(
+        u2.last_error.as_deref().unwrap().contains("exception 04"),
+        "{u2:?}"
+    );
+    assert_eq!(h.unit(1).unwrap().status, UnitStatus::Online);
+    let refused = poll_until(&mut polls, "a refused poll of unit 2", |p| {
+        p.unit == 2 && !all_ok(p)
+    })
+    .await;
+    assert!(
+        refused
+            .readings
+            .iter()
+            .all(|r| r.result == Err(PointError::Exception(Exception(4))))
+    );
+
+    // Backed off: far fewer attempts than the healthy unit's cycles.
+    let before = bus.health();
+    let requests = sim.handle().requests(2);
+    let after = health_until(&bus, "unit 1 polled 60 more times", |h| {
+        cycles(h, 1) >= cycles(&before, 1) + 60
+    })
+    .await;
+    let attempts = sim.handle().requests(2) - requests;
+    assert!(attempts * 5 < 60, "faulted unit polled {attempts} times");
+    let u2 = after.unit(2).unwrap();
+    assert_eq!(u2.status, UnitStatus::Faulted);
+    assert!(u2.online, "it answers");
+    assert_eq!(u2.timeouts, 0);
+
+    sim.handle().clear_faults(2);
+    poll_until(&mut polls, "unit 2 delivers again", |p| {
+        p.unit == 2 && all_ok(p)
+    })
+    .await;
+    let h = health_until(&bus, "unit 2 online", |h| {
+        h.unit(2).unwrap().status == UnitStatus::Online
+    })
+    .await;
+    assert!(h.unit(2).unwrap().backoff.is_none());
+    bus.shutdown().await;
+}
+
+/// A unit where only some reads are refused still delivers data: online, not faulted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_refusing_some_reads_stays_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = RtuSim::start(
+        dir.path().join("tty"),
+        SimMap::new().with_unit(1, holding_unit(&[1; 4]).with_holding(100, &[5])),
+    )
+    .unwrap();
+    sim.handle().add_exception(
+        1,
+        ExceptionRule::at(Table::Holding, 100..=100, ExceptionCode::ServerDeviceBusy),
+    );
+    let mut points = u16_points(4, 0);
+    points.push(Point::new("far", Table::Holding, 100, DataType::U16).unwrap());
+    let (bus, mut polls) = Bus::spawn(
+        config(sim.path()),
+        vec![UnitConfig::new(1, Duration::from_millis(30), points)],
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let p = poll_until(&mut polls, "a poll", |_| true).await;
+        assert_eq!(
+            p.get("far"),
+            Some(&Err(PointError::Exception(Exception(6))))
+        );
+        assert_eq!(p.get("r0"), Some(&Ok(Value::U64(1))));
+        let h = bus.health();
+        let u = h.unit(1).unwrap();
+        assert_eq!(u.status, UnitStatus::Online);
+        assert!(u.backoff.is_none());
+    }
+    bus.shutdown().await;
+}
+
+/// The offline rule: a unit that stops answering is reported offline within the cycle in
+/// which it fell silent — its request is retried once (one lost frame must not flap its
+/// health) and the second miss (the default `offline_after`) takes it offline and backs it
+/// off. No backoff period passes before it is reported: here the first backoff is a minute,
+/// far beyond the test's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_unit_is_offline_within_one_cycle() {
+    assert_eq!(
+        BusConfig::new("b", Transport::Tcp("127.0.0.1:1".into())).offline_after,
+        2,
+        "the documented default"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 2);
+    let mut c = config(sim.path());
+    c.offline_after = 2;
+    c.unit_backoff = BackoffConfig::new(Duration::from_mins(1), Duration::from_mins(1));
+    let (bus, mut polls) = Bus::spawn(c, four_point_units(2)).unwrap();
+    health_until(&bus, "all online", |h| {
+        h.units.iter().all(|u| u.status == UnitStatus::Online)
+    })
+    .await;
+
+    sim.handle().set_silent(2, true);
+    let requests = sim.handle().requests(2);
+    let failed = poll_until(&mut polls, "unit 2's failed cycle", |p| {
+        p.unit == 2 && !all_ok(p)
+    })
+    .await;
+    // The health was settled before the cycle was emitted.
+    let h = bus.health();
+    let u2 = h.unit(2).unwrap();
+    assert_eq!(u2.status, UnitStatus::Offline, "{u2:?}");
+    assert!(!u2.online);
+    assert_eq!(u2.consecutive_unanswered, 2);
+    assert!(
+        u2.backoff.is_some_and(|b| b >= Duration::from_secs(40)),
+        "backed off when it went offline: {u2:?}"
+    );
+    assert_eq!(failed.requests, 2, "the request and one retry");
+    assert_eq!(sim.handle().requests(2) - requests, 2);
+    assert!(
+        failed
+            .readings
+            .iter()
+            .all(|r| r.result == Err(PointError::Timeout))
+    );
+    assert_eq!(h.unit(1).unwrap().status, UnitStatus::Online);
+    bus.shutdown().await;
+}
+
+/// One lost answer is retried at once and does not flap the unit's health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lost_answer_is_retried_without_going_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 1);
+    let (bus, mut polls) = spawn_online(&sim, four_point_units(1)).await;
+    // Silent for exactly one request: the retry finds it answering again.
+    sim.handle().set_silent(1, true);
+    let requests = sim.handle().requests(1);
+    common::until("one request unanswered", || {
+        sim.handle().requests(1) > requests
+    })
+    .await;
+    sim.handle().set_silent(1, false);
+    let h = health_until(&bus, "a timeout counted and recovered", |h| {
+        let u = h.unit(1).unwrap();
+        u.timeouts == 1 && u.consecutive_unanswered == 0 && u.successes > 0
+    })
+    .await;
+    let u = h.unit(1).unwrap();
+    assert!(u.backoff.is_none());
+    assert_eq!(u.status, UnitStatus::Online);
+    // The retry filled the cycle: every cycle so far delivered every value.
+    let cycles = u.poll_cycles;
+    let mut seen = 0;
+    while seen < cycles {
+        let p = poll_until(&mut polls, "the cycles so far", |_| true).await;
+        assert!(all_ok(&p), "{p:?}");
+        seen += 1;
+    }
+    bus.shutdown().await;
+}
+
+/// Awaits `cond` on the status watch, with a deadline.
+async fn status_until(
+    rx: &mut tokio::sync::watch::Receiver<BusStatus>,
+    what: &str,
+    cond: impl FnMut(&BusStatus) -> bool,
+) -> BusStatus {
+    let found = match tokio::time::timeout(common::DEADLINE, rx.wait_for(cond)).await {
+        Ok(Ok(s)) => Some(s.clone()),
+        _ => None,
+    };
+    found.unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for: {what}\nlast status: {:#?}",
+            rx.borrow()
+        )
+    })
+}
+
+fn statuses(s: &BusStatus) -> Vec<UnitStatus> {
+    s.units.iter().map(|u| u.status).collect()
+}
+
+/// Health changes are observable without poll events (nobody reads them here: a port that
+/// is down or a backed-off unit sends none anyway): the status watch follows a unit going
+/// offline, the port going down and coming back, and units answering again — and stays
+/// quiet while nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_changes_are_observable_without_poll_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 2);
+    let (bus, polls) = Bus::spawn(config(sim.path()), four_point_units(2)).unwrap();
+    drop(polls);
+    let mut rx = bus.watch_status();
+    assert_eq!(
+        statuses(&rx.borrow_and_update()),
+        [UnitStatus::Unknown, UnitStatus::Unknown]
+    );
+    status_until(&mut rx, "all online", |s| {
+        statuses(s) == [UnitStatus::Online, UnitStatus::Online]
+    })
+    .await;
+
+    // Quiet while nothing changes, though every transaction updates the health.
+    rx.mark_unchanged();
+    let before = bus.health();
+    health_until(&bus, "10 more cycles each", |h| {
+        cycles(h, 1) >= cycles(&before, 1) + 10 && cycles(h, 2) >= cycles(&before, 2) + 10
+    })
+    .await;
+    assert!(
+        !rx.has_changed().unwrap(),
+        "no status change: no notification"
+    );
+
+    // A unit goes silent: offline (with the reason), and backed off.
+    sim.handle().set_silent(2, true);
+    let s = status_until(&mut rx, "unit 2 offline", |s| {
+        s.unit(2).unwrap().status == UnitStatus::Offline
+    })
+    .await;
+    assert_eq!(s.unit(2).unwrap().error.as_deref(), Some("timeout"));
+    assert_eq!(s.unit(1).unwrap().status, UnitStatus::Online);
+    assert!(bus.health().unit(2).unwrap().backoff.is_some());
+
+    // The port goes away: every unit offline, naming the port.
+    sim.unplug().await.unwrap();
+    let s = status_until(&mut rx, "port down", |s| s.port_down.is_some()).await;
+    assert_eq!(statuses(&s), [UnitStatus::Offline, UnitStatus::Offline]);
+    let error = s.unit(1).unwrap().error.clone().unwrap();
+    assert!(
+        error.starts_with("port: ") && error.contains(&sim.path().display().to_string()),
+        "{error}"
+    );
+
+    sim.handle().set_silent(2, false);
+    sim.replug().await.unwrap();
+    let s = status_until(&mut rx, "all online again", |s| {
+        statuses(s) == [UnitStatus::Online, UnitStatus::Online]
+    })
+    .await;
+    assert_eq!(s.port_down, None);
+    assert!(s.units.iter().all(|u| u.error.is_none()));
+    bus.shutdown().await;
+}
+
+/// Round robin starts with the first configured unit, and keeps the configured order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_starts_with_the_first_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = id_valued_sim(&dir, 3);
+    // One request per cycle each, all due together every 200 ms.
+    let units = (1..=3)
+        .map(|u| UnitConfig::new(u, Duration::from_millis(200), u16_points(1, 0)))
+        .collect();
+    let (bus, mut polls) = Bus::spawn(config(sim.path()), units).unwrap();
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let p = poll_until(&mut polls, "a poll", |_| true).await;
+        assert!(all_ok(&p), "{p:?}");
+        order.push(p.unit);
+    }
+    assert_eq!(order, [1, 2, 3, 1, 2, 3]);
+    bus.shutdown().await;
+}
+
+/// `UnitConfig::with_write_multiple`: a device without fc 5/6 gets fc 15/16 for every
+/// write, single coils and registers included; read-backs work as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_multiple_unit_uses_fc_15_and_16() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = RtuSim::start(
+        dir.path().join("tty"),
+        SimMap::new().with_unit(1, holding_unit(&[0; 2]).with_coils(0, &[false])),
+    )
+    .unwrap();
+    let unit = UnitConfig::new(
+        1,
+        Duration::from_millis(50),
+        vec![
+            Point::new("reg", Table::Holding, 0, DataType::U16)
+                .unwrap()
+                .with_writable(true),
+            Point::new("flag", Table::Holding, 1, DataType::Bit(2))
+                .unwrap()
+                .with_writable(true),
+            Point::new("coil", Table::Coil, 0, DataType::Bool)
+                .unwrap()
+                .with_writable(true),
+        ],
+    )
+    .with_write_multiple(true);
+    assert!(unit.points.iter().all(|p| p.write_multiple));
+    let (bus, _polls) = spawn_online(&sim, vec![unit]).await;
+    assert_eq!(bus.write(1, "reg", Value::U64(9)).await, Ok(Value::U64(9)));
+    assert_eq!(
+        bus.write(1, "flag", Value::Bool(true)).await,
+        Ok(Value::Bool(true))
+    );
+    assert_eq!(
+        bus.write(1, "coil", Value::Bool(true)).await,
+        Ok(Value::Bool(true))
+    );
+    let by_fc = sim.handle().stats(1).unwrap().by_function;
+    assert_eq!((by_fc[5], by_fc[6]), (0, 0), "no single writes");
+    assert_eq!((by_fc[15], by_fc[16]), (1, 2));
+    assert_eq!(
+        sim.handle().values(1, Table::Holding, 0, 2),
+        Some(vec![9, 4])
+    );
     bus.shutdown().await;
 }

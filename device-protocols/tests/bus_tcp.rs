@@ -12,14 +12,15 @@ use std::time::Duration;
 use common::{all_ok, health_until, poll_until};
 use device_protocols::backoff::BackoffConfig;
 use device_protocols::bus::{
-    Bus, BusConfig, BusHandle, PointError, Transport, UnitConfig, UnitPoll,
+    Bus, BusConfig, BusHandle, Exception, PointError, Transport, UnitConfig, UnitPoll,
 };
-use device_protocols::health::PortState;
+use device_protocols::health::{PortState, UnitStatus};
 use device_protocols::point::{DataType, Order, Point, Table, Value};
 use device_protocols::serial::SerialSettings;
-use device_protocols::sim::{RtuSim, SimMap, TcpSim, UnitMap};
+use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, TcpSim, UnitMap};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_modbus::ExceptionCode;
 
 fn config(transport: Transport) -> BusConfig {
     let mut c = BusConfig::new("tcp-bus", transport);
@@ -57,6 +58,11 @@ async fn read_write_roundtrip(bus: &BusHandle, polls: &mut mpsc::Receiver<UnitPo
     assert_eq!(p.get("power"), Some(&Ok(Value::F64(230.5))));
     assert_eq!(p.get("count"), Some(&Ok(Value::U64(70_000))));
     assert_eq!(p.get("relay"), Some(&Ok(Value::Bool(true))));
+    // An f32 cannot hold 0.1: the read-back differs from what was written as an f64, and is
+    // the same value in the point's own type.
+    let back = bus.write(unit, "power", Value::F64(0.1)).await.unwrap();
+    assert_ne!(back, Value::F64(0.1));
+    assert!(points()[0].same_value(&back, &Value::F64(0.1)), "{back:?}");
     assert_eq!(
         bus.write(unit, "power", Value::F64(-1.5)).await,
         Ok(Value::F64(-1.5))
@@ -178,4 +184,101 @@ async fn rtu_over_tcp_through_a_device_server() {
     sim.handle().set_garbage(1, false);
     poll_until(&mut polls, "unit 1 recovers", |p| p.unit == 1 && all_ok(p)).await;
     bus.shutdown().await;
+}
+
+/// Behind a Modbus TCP gateway, an absent device is answered by the gateway itself with
+/// exception 0B (target failed to respond) or 0A (path unavailable): that is no answer from
+/// the unit. It is reported offline and backed off like a silent unit, not online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_exceptions_0a_0b_mean_offline() {
+    let sim = TcpSim::start(
+        SimMap::new()
+            .with_unit(1, unit_map())
+            .with_unit(2, unit_map()),
+    )
+    .await
+    .unwrap();
+    // Unit 2 is configured in the gateway but its device does not answer; unit 3 is not
+    // behind the gateway at all.
+    sim.handle()
+        .add_exception(2, ExceptionRule::always(ExceptionCode::GatewayTargetDevice));
+    sim.handle()
+        .set_absent_exception(Some(ExceptionCode::GatewayPathUnavailable));
+    let units = (1..=3)
+        .map(|u| UnitConfig::new(u, Duration::from_millis(30), points()))
+        .collect();
+    let (bus, mut polls) =
+        Bus::spawn(config(Transport::Tcp(sim.addr().to_string())), units).unwrap();
+    let h = health_until(&bus, "units 2 and 3 offline, unit 1 online", |h| {
+        h.unit(1).unwrap().status == UnitStatus::Online
+            && h.unit(2).unwrap().status == UnitStatus::Offline
+            && h.unit(3).unwrap().status == UnitStatus::Offline
+    })
+    .await;
+    for u in [2, 3] {
+        let uh = h.unit(u).unwrap();
+        assert!(!uh.online);
+        assert!(uh.backoff.is_some(), "unit {u} backed off: {uh:?}");
+        assert!(uh.gateway_errors >= 2, "{uh:?}");
+        assert_eq!(uh.exceptions, 0, "0A/0B are not counted as refusals");
+    }
+    let p = poll_until(&mut polls, "a failed poll of unit 2", |p| p.unit == 2).await;
+    assert_eq!(
+        p.get("power"),
+        Some(&Err(PointError::Exception(
+            Exception::GATEWAY_TARGET_FAILED
+        )))
+    );
+
+    // Backed off: unit 2 costs few requests while unit 1 is polled on.
+    let before = bus.health();
+    let requests = sim.handle().requests(2);
+    health_until(&bus, "unit 1 polled 60 more times", |h| {
+        h.unit(1).unwrap().poll_cycles >= before.unit(1).unwrap().poll_cycles + 60
+    })
+    .await;
+    let attempts = sim.handle().requests(2) - requests;
+    assert!(attempts * 5 < 60, "unit 2 attempted {attempts} times");
+
+    // The device comes back behind the gateway.
+    sim.handle().clear_faults(2);
+    poll_until(&mut polls, "unit 2 answers", |p| p.unit == 2 && all_ok(p)).await;
+    assert_eq!(bus.health().unit(2).unwrap().status, UnitStatus::Online);
+    bus.shutdown().await;
+}
+
+/// A peer that takes each connection, reads one request and closes the connection: the bus
+/// reports "connection closed by peer", not whatever `errno` happened to hold (tokio-modbus
+/// reports a TCP end of stream as `last_os_error`, e.g. "Operation now in progress (os error
+/// 115)"), and keeps reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_closing_the_connection_is_named() {
+    for transport in [Transport::Tcp, Transport::RtuOverTcp] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 64];
+                let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+                // Dropped: FIN after the request was read.
+            }
+        });
+        let (bus, _polls) = Bus::spawn(
+            config(transport(addr)),
+            vec![UnitConfig::new(1, Duration::from_millis(30), points())],
+        )
+        .unwrap();
+        let h = health_until(&bus, "connection closed by the peer, reopened", |h| {
+            h.opens >= 2 && matches!(h.port, PortState::Down { .. })
+        })
+        .await;
+        let PortState::Down { error, .. } = &h.port else {
+            unreachable!()
+        };
+        assert!(error.contains("connection closed by peer"), "{error}");
+        assert!(!error.contains("os error"), "{error}");
+        assert_eq!(h.unit(1).unwrap().status, UnitStatus::Offline);
+        bus.shutdown().await;
+        server.abort();
+    }
 }

@@ -4,7 +4,9 @@
 // Test helpers are test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use device_protocols::codec::{EncodeError, WriteData, apply_bit, decode_registers, encode};
+use device_protocols::codec::{
+    EncodeError, WriteData, apply_bit, decode_registers, encode, normalize, same_value,
+};
 use device_protocols::point::{DataType, Order, Point, Table, Value};
 use proptest::prelude::*;
 
@@ -38,6 +40,29 @@ fn roundtrip(p: &Point, v: &Value) -> Value {
 }
 
 proptest! {
+    /// A write's read-back (the written value after the point's own encoding) is the same
+    /// value for the point, whatever precision or scale it loses; normalising is idempotent.
+    #[test]
+    fn read_backs_compare_equal_in_the_points_own_type(
+        o in order(),
+        v in -1.0e30f64..1.0e30,
+        scale in prop::sample::select(vec![1.0, 0.1, 0.01, 0.5]),
+        offset in prop::sample::select(vec![0.0, -40.0]),
+    ) {
+        let f32p = point(DataType::F32, o);
+        let back = normalize(&f32p, &Value::F64(v)).unwrap();
+        prop_assert_eq!(&back, &roundtrip(&f32p, &Value::F64(v)));
+        prop_assert!(same_value(&f32p, &Value::F64(v), &back));
+        prop_assert!(f32p.same_value(&back, &Value::F64(v)));
+        prop_assert_eq!(normalize(&f32p, &back).unwrap(), back);
+
+        let scaled = point(DataType::I32, o).with_scale(scale, offset);
+        let w = (v / 1.0e22).clamp(-1.0e6, 1.0e6);
+        let back = normalize(&scaled, &Value::F64(w)).unwrap();
+        prop_assert!(same_value(&scaled, &Value::F64(w), &back), "{} vs {:?}", w, back);
+        prop_assert_eq!(normalize(&scaled, &back).unwrap(), back);
+    }
+
     #[test]
     fn unsigned_integers_roundtrip(o in order(), a in any::<u16>(), b in any::<u32>(), c in any::<u64>()) {
         for (t, v) in [(DataType::U16, u64::from(a)), (DataType::U32, u64::from(b)), (DataType::U64, c)] {
@@ -237,6 +262,36 @@ fn encoding_rejects_what_does_not_fit_with_clear_errors() {
         encode(&s, &Value::U64(1)),
         Err(EncodeError::TypeMismatch { .. })
     ));
+}
+
+#[test]
+fn same_value_compares_in_the_points_representation() {
+    let f = point(DataType::F32, Order::ABCD);
+    let back = normalize(&f, &Value::F64(0.1)).unwrap();
+    assert_ne!(back, Value::F64(0.1), "f32 cannot hold 0.1");
+    assert!(same_value(&f, &Value::F64(0.1), &back));
+    assert!(!same_value(&f, &Value::F64(0.1), &Value::F64(0.2)));
+    // Integers and floats of the same number; strings with their padding.
+    let u = point(DataType::U16, Order::ABCD);
+    assert!(same_value(&u, &Value::U64(7), &Value::F64(7.0)));
+    assert!(same_value(&u, &Value::I64(7), &Value::U64(7)));
+    assert!(!same_value(&u, &Value::U64(7), &Value::U64(8)));
+    // Values that do not fit are never the same.
+    assert!(!same_value(&u, &Value::U64(70_000), &Value::U64(70_000)));
+    let s = point(DataType::String { len: 6 }, Order::ABCD);
+    assert_eq!(
+        normalize(&s, &Value::String("ab".into())),
+        Ok(Value::String("ab".into()))
+    );
+    // Scale: 22.45 at 0.1 is written as 225 and reads back as 22.5.
+    let scaled = point(DataType::U16, Order::ABCD).with_scale(0.1, 0.0);
+    assert_eq!(normalize(&scaled, &Value::F64(22.45)), Ok(Value::F64(22.5)));
+    assert!(scaled.same_value(&Value::F64(22.45), &Value::F64(22.5)));
+    // Bits and coils.
+    let bit = point(DataType::Bit(3), Order::ABCD);
+    assert_eq!(normalize(&bit, &Value::U64(1)), Ok(Value::Bool(true)));
+    let coil = Point::new("c", Table::Coil, 0, DataType::Bool).unwrap();
+    assert!(same_value(&coil, &Value::U64(0), &Value::Bool(false)));
 }
 
 #[test]

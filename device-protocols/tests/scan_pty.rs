@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use device_protocols::bus::Transport;
 use device_protocols::point::Table;
-use device_protocols::scan::{self, ProbeOutcome, ScanSettings};
+use device_protocols::scan::{self, ProbeOutcome, ScanError, ScanSettings};
 use device_protocols::serial::{self, SerialSettings};
 use device_protocols::sim::{ExceptionRule, RtuSim, SimMap, UnitMap};
 use tokio_modbus::ExceptionCode;
@@ -146,4 +147,100 @@ async fn scan_works_on_modbus_tcp_too() {
     let report = scan::scan(&mut ctx, &settings, |_| {}).await.unwrap();
     // Unit 5 has no input registers: exception 02, still present.
     assert_eq!(report.found, [5, 6]);
+}
+
+/// A Modbus TCP gateway answers 0A/0B itself for ids with no device behind it: those are not
+/// found devices.
+#[tokio::test]
+async fn gateway_exceptions_are_not_found_devices() {
+    let map = SimMap::new()
+        .with_unit(5, UnitMap::new().with_holding(0, &[1]))
+        .with_unit(6, UnitMap::new().with_holding(0, &[1]));
+    let sim = device_protocols::sim::TcpSim::start(map).await.unwrap();
+    sim.handle()
+        .set_absent_exception(Some(ExceptionCode::GatewayTargetDevice));
+    sim.handle().add_exception(
+        6,
+        ExceptionRule::always(ExceptionCode::GatewayPathUnavailable),
+    );
+    let mut ctx = tokio_modbus::client::tcp::connect(sim.addr())
+        .await
+        .unwrap();
+    let settings = ScanSettings {
+        units: 4..=7,
+        timeout: Duration::from_millis(100),
+        ..ScanSettings::default()
+    };
+    let mut seen = Vec::new();
+    let report = scan::scan(&mut ctx, &settings, |p| seen.push(p.outcome))
+        .await
+        .unwrap();
+    assert_eq!(report.found, [5]);
+    assert!(report.garbled.is_empty());
+    assert_eq!(
+        seen,
+        [
+            ProbeOutcome::GatewayNoResponse(ExceptionCode::GatewayTargetDevice),
+            ProbeOutcome::Answered,
+            ProbeOutcome::GatewayNoResponse(ExceptionCode::GatewayPathUnavailable),
+            ProbeOutcome::GatewayNoResponse(ExceptionCode::GatewayTargetDevice),
+        ]
+    );
+}
+
+/// `scan_port` opens the port itself, and closes it: the simulator serving RTU over TCP takes
+/// one connection at a time, so a second scan (or a bus) only gets answers if the first scan
+/// let go of its connection.
+#[tokio::test]
+async fn scan_port_opens_and_closes_its_own_port() {
+    let (_dir, sim) = sim_with(&[2, 9]);
+    let settings = ScanSettings {
+        units: 1..=10,
+        timeout: Duration::from_millis(40),
+        ..ScanSettings::default()
+    };
+    let serial = Transport::Serial(SerialSettings::new(sim.path()));
+    let mut probes = 0;
+    let report = scan::scan_port(&serial, &settings, |_| probes += 1)
+        .await
+        .unwrap();
+    assert_eq!(report.found, [2, 9]);
+    assert_eq!(probes, 10);
+
+    let map = SimMap::new()
+        .with_unit(3, UnitMap::new().with_holding(0, &[3]))
+        .with_unit(4, UnitMap::new().with_holding(0, &[4]));
+    let tcp_sim = RtuSim::start_rtu_over_tcp("127.0.0.1:0".parse().unwrap(), map)
+        .await
+        .unwrap();
+    let rtu_over_tcp = Transport::RtuOverTcp(tcp_sim.tcp_addr().unwrap().to_string());
+    let settings = ScanSettings {
+        units: 2..=5,
+        timeout: Duration::from_millis(100),
+        ..ScanSettings::default()
+    };
+    for round in 0..2 {
+        let report = scan::scan_port(&rtu_over_tcp, &settings, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.found, [3, 4], "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn scan_port_names_what_it_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("ttyNOPE");
+    let err = scan::scan_port(
+        &Transport::Serial(SerialSettings::new(&missing)),
+        &ScanSettings::default(),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ScanError::Open { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
 }

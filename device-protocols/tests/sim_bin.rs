@@ -103,6 +103,42 @@ async fn serves_tcp_and_documents_itself() {
     assert_eq!(coils, Ok(vec![false, true]));
     child.kill().await.unwrap();
 
+    // A gateway with nothing behind unit 9, and unit 7 refusing everything.
+    let (mut child, line) = start(&[
+        "--map",
+        FIXTURE,
+        "--tcp",
+        "127.0.0.1:0",
+        "--absent-exception",
+        "0B",
+        "--exception",
+        "7:06",
+    ])
+    .await;
+    let addr = line
+        .strip_prefix("serving units 1, 7 on Modbus TCP ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    let mut ctx = tokio_modbus::client::tcp::connect_slave(addr, Slave(9))
+        .await
+        .unwrap();
+    let absent = timeout(DEADLINE, ctx.read_holding_registers(0, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        absent,
+        Err(tokio_modbus::ExceptionCode::GatewayTargetDevice)
+    );
+    ctx.set_slave(Slave(7));
+    let refused = timeout(DEADLINE, ctx.read_coils(0, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refused, Err(tokio_modbus::ExceptionCode::ServerDeviceBusy));
+    child.kill().await.unwrap();
+
     let help = Command::new(env!("CARGO_BIN_EXE_modbus-sim"))
         .arg("--help")
         .output()
@@ -121,6 +157,7 @@ async fn serves_tcp_and_documents_itself() {
         "--garbage",
         "--bad-crc",
         "--exception",
+        "--absent-exception",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }

@@ -61,6 +61,11 @@ use tokio_modbus::ExceptionCode;
 ///
 ///   --exception 7:holding:100-109:04  # exception 04 for reads/writes touching 100..=109
 ///
+///   --exception 7:04                  # exception 04 for every request to unit 7
+///
+///   --absent-exception 0B             # ids without a unit get exception 0B, like a Modbus
+///                                     # TCP gateway with nothing answering behind that id
+///
 /// On a pty any baud rate and parity work: open the printed path like a serial port.
 /// Runs until interrupted (Ctrl-C / SIGINT) or terminated (SIGTERM); then removes its pty link.
 // The doc comment is the `--help` text, not rustdoc.
@@ -127,9 +132,22 @@ struct Args {
     /// Fault: exception answers for requests touching some addresses, as
     /// UNIT:TABLE:FROM[-TO]:CODE with TABLE holding, input, coil or discrete_input and CODE
     /// in hex (01 illegal function, 02 illegal address, 03 illegal value, 04 device failure,
-    /// 06 busy). Repeatable.
+    /// 06 busy, 0B gateway target failed); UNIT:CODE for every request. Repeatable.
     #[arg(long, value_name = "RULE", value_parser = parse_exception)]
     exception: Vec<(u8, ExceptionRule)>,
+
+    /// Answer requests for ids without a unit with this exception (hex: 0A gateway path
+    /// unavailable, 0B gateway target device failed to respond) instead of staying silent.
+    #[arg(long, value_name = "CODE", value_parser = parse_code)]
+    absent_exception: Option<ExceptionCode>,
+}
+
+fn parse_code(code: &str) -> Result<ExceptionCode, String> {
+    u8::from_str_radix(code.trim_start_matches("0x"), 16)
+        .ok()
+        .filter(|&c| c != 0)
+        .map(ExceptionCode::new)
+        .ok_or_else(|| format!("`{code}` is not an exception code in hex (02, 04, 0B, …)"))
 }
 
 fn parse_slow(s: &str) -> Result<(u8, Duration), String> {
@@ -144,7 +162,17 @@ fn parse_slow(s: &str) -> Result<(u8, Duration), String> {
 }
 
 fn parse_exception(s: &str) -> Result<(u8, ExceptionRule), String> {
-    let usage = || format!("`{s}`: expected UNIT:TABLE:FROM[-TO]:CODE, e.g. 7:holding:100-109:04");
+    let usage = || {
+        format!(
+            "`{s}`: expected UNIT:TABLE:FROM[-TO]:CODE (e.g. 7:holding:100-109:04) or UNIT:CODE"
+        )
+    };
+    if let [unit, code] = s.split(':').collect::<Vec<_>>()[..] {
+        let unit: u8 = unit
+            .parse()
+            .map_err(|_| format!("`{unit}` is not a unit id"))?;
+        return Ok((unit, ExceptionRule::always(parse_code(code)?)));
+    }
     let [unit, table, addresses, code] = s.split(':').collect::<Vec<_>>()[..] else {
         return Err(usage());
     };
@@ -164,12 +192,7 @@ fn parse_exception(s: &str) -> Result<(u8, ExceptionRule), String> {
     if from > to {
         return Err(usage());
     }
-    let code = u8::from_str_radix(code.trim_start_matches("0x"), 16)
-        .map_err(|_| format!("`{code}` is not an exception code in hex (02, 04, 0B, …)"))?;
-    Ok((
-        unit,
-        ExceptionRule::at(table, from..=to, ExceptionCode::new(code)),
-    ))
+    Ok((unit, ExceptionRule::at(table, from..=to, parse_code(code)?)))
 }
 
 /// Every unit a fault names must be simulated.
@@ -206,6 +229,7 @@ fn apply_faults(args: &Args, handle: &SimHandle) {
     for (unit, rule) in &args.exception {
         handle.add_exception(*unit, rule.clone());
     }
+    handle.set_absent_exception(args.absent_exception);
 }
 
 fn parse_parity(s: &str) -> Result<Parity, String> {

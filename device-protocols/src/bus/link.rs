@@ -9,7 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -28,9 +28,11 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// A transport shared between the link and the (replaceable) tokio-modbus context. Only one
 /// of them uses it at a time, so the lock is never contended. Counts the bytes received, so
-/// that a timeout with bytes on the line can be told from silence.
+/// that a timeout with bytes on the line can be told from silence, and notes the end of the
+/// stream: tokio-modbus' TCP client reports a peer's close as whatever `errno` happens to hold
+/// (e.g. "Operation now in progress (os error 115)"), so the link says what happened itself.
 #[derive(Clone)]
-struct SharedIo(Arc<Mutex<Box<dyn Io>>>, Arc<AtomicU64>);
+struct SharedIo(Arc<Mutex<Box<dyn Io>>>, Arc<AtomicU64>, Arc<AtomicBool>);
 
 impl std::fmt::Debug for SharedIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,9 +54,14 @@ impl AsyncRead for SharedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let poll = self.with(|io| io.poll_read(cx, buf));
         let received = buf.filled().len() - before;
         self.1.fetch_add(received as u64, Ordering::Relaxed);
+        if room && received == 0 && matches!(poll, Poll::Ready(Ok(()))) {
+            // A read with room that completes empty is the end of the stream.
+            self.2.store(true, Ordering::Relaxed);
+        }
         poll
     }
 }
@@ -95,6 +102,18 @@ pub(crate) enum TxError {
     Port(String),
 }
 
+impl TxError {
+    /// The unit did not answer: silence, bytes that never formed a frame, or a gateway's
+    /// 0A/0B exception on its behalf. Counts towards offline and backs the unit off.
+    pub(crate) fn is_no_answer(&self) -> bool {
+        match self {
+            Self::Timeout | Self::Unframed(_) => true,
+            Self::Exception(x) => x.is_gateway_no_response(),
+            Self::Garbage(_) | Self::Port(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     Rtu,
@@ -112,6 +131,8 @@ pub(crate) struct Link {
     last_activity: Instant,
     /// Bytes may still be arriving from an earlier transaction.
     dirty: bool,
+    /// What the end of the stream means on this transport.
+    closed: &'static str,
 }
 
 impl std::fmt::Debug for Link {
@@ -130,6 +151,10 @@ pub(crate) async fn open(
     timeout: Duration,
     turnaround: Duration,
 ) -> Result<Link, String> {
+    let closed = match transport {
+        Transport::Serial(_) => "port closed (end of stream: device gone?)",
+        Transport::Tcp(_) | Transport::RtuOverTcp(_) => "connection closed by peer",
+    };
     let (io, framing, gap): (Box<dyn Io>, Framing, Duration) = match transport {
         Transport::Serial(settings) => {
             let stream = crate::serial::open(settings).map_err(|e| e.to_string())?;
@@ -157,13 +182,18 @@ pub(crate) async fn open(
         }
     };
     Ok(Link {
-        io: SharedIo(Arc::new(Mutex::new(io)), Arc::new(AtomicU64::new(0))),
+        io: SharedIo(
+            Arc::new(Mutex::new(io)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        ),
         framing,
         ctx: None,
         timeout,
         gap,
         last_activity: Instant::now(),
         dirty: false,
+        closed,
     })
 }
 
@@ -213,6 +243,9 @@ impl Link {
             {
                 Err(TxError::Garbage(e.to_string()))
             }
+            Ok(Err(tokio_modbus::Error::Transport(_))) if self.io.2.load(Ordering::Relaxed) => {
+                Err(TxError::Port(self.closed.to_owned()))
+            }
             Ok(Err(tokio_modbus::Error::Transport(e))) => Err(TxError::Port(port_error(&e))),
         };
         // Never reuse a context after a failure (see the module docs), and let stale bytes of
@@ -233,7 +266,7 @@ impl Link {
             let until = (Instant::now() + quiet).min(deadline);
             match tokio::time::timeout_at(until, io.read(&mut buf)).await {
                 Err(_quiet) => break,
-                Ok(Ok(0)) => return Err(TxError::Port("end of stream".into())),
+                Ok(Ok(0)) => return Err(TxError::Port(self.closed.to_owned())),
                 Ok(Ok(_)) if Instant::now() >= deadline => break,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(TxError::Port(port_error(&e))),

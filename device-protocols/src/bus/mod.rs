@@ -3,11 +3,21 @@
 //!
 //! - One transaction at a time. Units take turns request by request (round robin), each unit
 //!   on its own poll period; writes go before the next poll request.
-//! - A unit that times out ends its cycle at once and is backed off alone (exponential with
-//!   jitter, capped, see [`crate::backoff`]), so a dead unit costs the line at most one timeout
-//!   per backoff period. Exceptions mean the unit is alive. A timeout during which bytes
-//!   arrived that never formed a frame (bad CRC, wrong baud rate) is handled the same way but
-//!   reported as a corrupted answer, not as silence.
+//! - Offline rule: a poll request that gets no answer is retried once at once (after the
+//!   other units' turn; [`BusConfig::offline_after`] attempts in all, default 2); the last
+//!   miss reports the unit offline *and* ends its cycle and backs it off alone (exponential
+//!   with jitter, capped, see [`crate::backoff`], never shorter than its poll period), in one
+//!   health update. So a unit that stops answering is reported offline within the cycle in
+//!   which it fell silent (within one poll period + 2 timeouts with the defaults), and a
+//!   dead unit costs the line at most one timeout per backoff period. A unit answering only
+//!   garbage (corrupted frames, after `garbage_retries` immediate retries) goes offline and
+//!   is backed off the same way. A timeout during which bytes arrived that never formed a frame (bad
+//!   CRC, wrong baud rate) is handled the same way but reported as a corrupted answer, not as
+//!   silence. So are exceptions 0A/0B (gateway path unavailable, gateway target device failed
+//!   to respond): a Modbus TCP gateway answers them for a device behind it that is absent.
+//! - Other exceptions mean the unit is alive. A unit whose every read of a cycle is refused
+//!   with an exception delivers no data: it is reported [`UnitStatus::Faulted`] and backed off
+//!   like an offline unit until a read delivers data again. See [`UnitStatus`] for the rules.
 //! - A late answer (after the timeout) is drained before the next request when it comes
 //!   within the drain window; one that arrives later still is rejected by unit id, function
 //!   code and length checks (the innocent unit's transaction counts one corrupted answer and
@@ -51,7 +61,7 @@ use tokio_modbus::{Request, Response};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::codec::{self, DecodeError, EncodeError, WriteData};
-use crate::health::{BusHealth, PortState, UnitHealth};
+use crate::health::{BusHealth, BusStatus, HealthTx, PortState, UnitHealth, UnitStatus};
 use crate::planner::{AdaptivePlanner, PlanIssue, PlanLimits, ReadRequest, SplitOutcome};
 use crate::point::{Point, Table, Value};
 use crate::serial::SerialSettings;
@@ -94,12 +104,18 @@ pub struct BusConfig {
     /// Silence after each answer before the next request (many RS-485 devices need a few ms
     /// to release the line). The RTU inter-frame gap t3.5 is always kept on serial lines.
     pub turnaround: Duration,
-    /// Backoff of a unit that timed out.
+    /// Backoff of a unit that went offline or is faulted (the delay is never shorter than
+    /// the unit's poll period).
     pub unit_backoff: BackoffConfig,
     /// Backoff between attempts to reopen a lost port or connection.
     pub reopen_backoff: BackoffConfig,
-    /// Transactions in a row without a valid answer (timeouts, corrupted answers) after
-    /// which a unit is reported offline.
+    /// Transactions in a row without a valid answer (timeouts, corrupted answers, gateway
+    /// exceptions 0A/0B) after which a unit is reported offline and backed off (minimum 1).
+    /// A poll request that gets no answer is retried at once (after the other units' turn)
+    /// until this is reached, so a unit that stops answering is reported offline within the
+    /// cycle in which it fell silent: at most one poll period plus `offline_after` ×
+    /// (`timeout` + turnaround, + one request of each other busy unit per retry) after its
+    /// last answer. Default 2: one lost frame does not flap the unit's health.
     pub offline_after: u32,
     /// Immediate retries of a transaction whose answer was corrupted.
     pub garbage_retries: u32,
@@ -111,7 +127,7 @@ pub struct BusConfig {
 
 impl BusConfig {
     /// A bus with defaults: 500 ms timeout, no extra turnaround, unit backoff 1 s…60 s,
-    /// reopen backoff 500 ms…30 s, offline after 3 transactions without a valid answer,
+    /// reopen backoff 500 ms…30 s, offline after 2 transactions without a valid answer,
     /// one retry on garbage.
     pub fn new(name: impl Into<String>, transport: Transport) -> Self {
         Self {
@@ -121,7 +137,7 @@ impl BusConfig {
             turnaround: Duration::ZERO,
             unit_backoff: BackoffConfig::new(Duration::from_secs(1), Duration::from_mins(1)),
             reopen_backoff: BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(30)),
-            offline_after: 3,
+            offline_after: 2,
             garbage_retries: 1,
             limits: PlanLimits::default(),
             event_capacity: 1024,
@@ -151,6 +167,24 @@ impl UnitConfig {
             points,
             limits: None,
         }
+    }
+
+    /// Writes every point of the unit with fc 15/16, even single coils and registers (for
+    /// devices without fc 5/6): sets [`Point::write_multiple`] on the points given so far.
+    #[must_use]
+    pub fn with_write_multiple(mut self, write_multiple: bool) -> Self {
+        for p in &mut self.points {
+            p.write_multiple = write_multiple;
+        }
+        self
+    }
+
+    /// Planner limits for this unit instead of the bus's (e.g. a device that reads at most
+    /// 32 registers per request).
+    #[must_use]
+    pub fn with_limits(mut self, limits: PlanLimits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 }
 
@@ -202,6 +236,17 @@ impl Exception {
     pub const ILLEGAL_DATA_ADDRESS: Exception = Exception(2);
     /// 03: illegal data value (also used by some devices for reads that are too long).
     pub const ILLEGAL_DATA_VALUE: Exception = Exception(3);
+    /// 0A: gateway path unavailable (the gateway has no route to the unit id).
+    pub const GATEWAY_PATH_UNAVAILABLE: Exception = Exception(0x0A);
+    /// 0B: gateway target device failed to respond (the device behind the gateway is silent).
+    pub const GATEWAY_TARGET_FAILED: Exception = Exception(0x0B);
+
+    /// 0A or 0B: a gateway answered on behalf of a device behind it that did not. Unlike the
+    /// other exceptions this does not mean the unit is alive: the bus treats it like a
+    /// timeout (offline, backed off) and [`crate::scan`] does not count it as found.
+    pub fn is_gateway_no_response(self) -> bool {
+        self == Self::GATEWAY_PATH_UNAVAILABLE || self == Self::GATEWAY_TARGET_FAILED
+    }
 
     /// The standard name of the code.
     pub fn name(self) -> &'static str {
@@ -364,6 +409,7 @@ pub struct Bus;
 pub struct BusHandle {
     commands: mpsc::Sender<Command>,
     health: watch::Receiver<BusHealth>,
+    status: watch::Receiver<BusStatus>,
 }
 
 impl Bus {
@@ -381,14 +427,16 @@ impl Bus {
             events_dropped: 0,
             units: units.iter().map(|u| UnitHealth::new(u.unit)).collect(),
         };
-        let (health_tx, health_rx) = watch::channel(health);
+        let (health_tx, health_rx, status_rx) = HealthTx::new(health);
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
         let now = Instant::now();
-        let states = units
+        let states: Vec<UnitState> = units
             .into_iter()
             .map(|u| UnitState::new(u, &config, now))
             .collect();
+        // As if the last unit had just been served: the first turn is the first unit's.
+        let rr = states.len().saturating_sub(1);
         let runtime = Runtime {
             reopen: Backoff::new(config.reopen_backoff),
             config,
@@ -397,7 +445,7 @@ impl Bus {
             health: health_tx,
             events: event_tx,
             commands: cmd_rx,
-            rr: 0,
+            rr,
             stopped_ack: None,
         };
         tokio::spawn(runtime.run());
@@ -405,6 +453,7 @@ impl Bus {
             BusHandle {
                 commands: cmd_tx,
                 health: health_rx,
+                status: status_rx,
             },
             event_rx,
         ))
@@ -413,6 +462,10 @@ impl Bus {
 
 impl BusHandle {
     /// Writes `value` to `point` of `unit` and returns the value read back from the device.
+    ///
+    /// The read-back is in the point's precision: compare it with `value` using
+    /// [`Point::same_value`] (or [`crate::codec::same_value`]), not `==` — an f32 point reads
+    /// `0.1` back as `0.100000001490116…`, a point with scale 0.1 reads `22.45` back as `22.5`.
     pub async fn write(&self, unit: u8, point: &str, value: Value) -> Result<Value, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -447,9 +500,22 @@ impl BusHandle {
         self.health.borrow().clone()
     }
 
-    /// A receiver that is notified on every health change.
+    /// A receiver that is notified on every health change (every transaction).
     pub fn watch_health(&self) -> watch::Receiver<BusHealth> {
         self.health.clone()
+    }
+
+    /// The latest status: port up or down, each unit online / faulted / offline / unknown.
+    pub fn status(&self) -> BusStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that is notified only when the status changes: the port goes down or comes
+    /// back, or a unit's [`UnitStatus`] changes (it goes offline and is backed off, becomes
+    /// faulted, answers again). It needs no poll events — a bus whose port is down, or a
+    /// backed-off unit, sends none — so a bridge can mark devices offline from it alone.
+    pub fn watch_status(&self) -> watch::Receiver<BusStatus> {
+        self.status.clone()
     }
 
     /// Stops the bus task (closing the port) and waits for it.
@@ -509,6 +575,18 @@ struct Cycle {
     results: Vec<Option<Result<Value, PointError>>>,
     started: Instant,
     requests: u32,
+    /// Reads answered with data.
+    answered: u32,
+    /// Reads refused with an exception (other than 0A/0B).
+    refused: u32,
+}
+
+/// How a cycle ended.
+enum CycleEnd {
+    /// Every planned request was attempted.
+    Completed,
+    /// Cut short (no answer, port lost): the points not reached carry this error.
+    Aborted(PointError),
 }
 
 struct UnitState {
@@ -519,6 +597,9 @@ struct UnitState {
     by_name: HashMap<String, usize>,
     planner: AdaptivePlanner,
     backoff: Backoff,
+    /// Set by [`Runtime::tally`] when a poll transaction took the unit offline: wait this
+    /// long before the next cycle.
+    backed_off: Option<Duration>,
     next_due: Instant,
     cycle: Option<Cycle>,
 }
@@ -543,6 +624,7 @@ impl UnitState {
             planner: AdaptivePlanner::for_points(&cfg.points, limits),
             points: cfg.points,
             backoff: Backoff::new(bus.unit_backoff),
+            backed_off: None,
             next_due: now,
             cycle: None,
         }
@@ -559,6 +641,8 @@ impl UnitState {
             results,
             started: now,
             requests: 0,
+            answered: 0,
+            refused: 0,
         });
     }
 }
@@ -574,7 +658,7 @@ struct Runtime {
     units: Vec<UnitState>,
     link: Option<Link>,
     reopen: Backoff,
-    health: watch::Sender<BusHealth>,
+    health: HealthTx,
     events: mpsc::Sender<UnitPoll>,
     commands: mpsc::Receiver<Command>,
     /// Round-robin position: index of the unit served last.
@@ -629,7 +713,7 @@ impl Runtime {
             }
         }
         self.link = None;
-        self.health.send_modify(|h| h.port = PortState::Stopped);
+        self.health.modify(|h| h.port = PortState::Stopped);
         tracing::info!(bus = %name, "bus stopped");
         if let Some(ack) = self.stopped_ack.take() {
             let _ = ack.send(());
@@ -664,7 +748,7 @@ impl Runtime {
                         // a replug often brings them all back.
                         u.next_due = u.next_due.min(now);
                     }
-                    self.health.send_modify(|h| {
+                    self.health.modify(|h| {
                         h.port = PortState::Open;
                         h.opens += 1;
                     });
@@ -674,13 +758,14 @@ impl Runtime {
                     let attempts = self.reopen.failures() + 1;
                     let delay = self.reopen.next_delay();
                     tracing::warn!(bus = %self.config.name, %error, retry_in = ?delay, "cannot open port");
-                    self.health.send_modify(|h| {
+                    self.health.modify(|h| {
                         h.port = PortState::Down {
                             error: error.clone(),
                             attempts,
                         };
                         for u in &mut h.units {
                             u.online = false;
+                            u.status = UnitStatus::Offline;
                         }
                     });
                     let deadline = Instant::now() + delay;
@@ -735,11 +820,14 @@ impl Runtime {
         }
     }
 
-    /// One transaction, with retries on corrupted answers and health bookkeeping.
+    /// One transaction, with retries on corrupted answers and health bookkeeping. `poll`:
+    /// the transaction belongs to the unit's poll cycle (which is backed off when it takes the
+    /// unit offline), not to a write or one-shot read.
     async fn transact(
         &mut self,
         idx: usize,
         request: Request<'static>,
+        poll: bool,
     ) -> Result<Response, TxError> {
         let unit = self.units[idx].unit;
         let mut attempts = 0;
@@ -753,8 +841,8 @@ impl Runtime {
                 other => other,
             });
             match &result {
-                Ok(_) => self.tally(idx, &Tally::Success),
-                Err(e) => self.tally(idx, &Tally::Failure(e)),
+                Ok(_) => self.tally(idx, &Tally::Success, poll),
+                Err(e) => self.tally(idx, &Tally::Failure(e), poll),
             }
             match result {
                 Err(TxError::Garbage(_)) if attempts < self.config.garbage_retries => {
@@ -769,21 +857,28 @@ impl Runtime {
         }
     }
 
-    fn tally(&mut self, idx: usize, outcome: &Tally<'_>) {
+    /// Health bookkeeping of one transaction. A poll transaction without an answer that
+    /// reaches `offline_after` also backs the unit off, in the same health update (so that a
+    /// watcher never sees an offline unit without its backoff), and leaves the delay in
+    /// [`UnitState::backed_off`] for [`Runtime::step`].
+    fn tally(&mut self, idx: usize, outcome: &Tally<'_>, poll: bool) {
         let offline_after = self.config.offline_after.max(1);
         let bus = &self.config.name;
-        self.health.send_modify(|h| {
+        let state = &mut self.units[idx];
+        self.health.modify(|h| {
             let u = &mut h.units[idx];
             u.transactions += 1;
             match outcome {
                 Tally::Success => {
                     u.successes += 1;
                     u.online = true;
+                    u.status = UnitStatus::Online;
                     u.last_success = Some(SystemTime::now());
                     u.consecutive_errors = 0;
                     u.consecutive_timeouts = 0;
                     u.consecutive_unanswered = 0;
                     u.backoff = None;
+                    state.backed_off = None;
                 }
                 Tally::Failure(e) => {
                     u.consecutive_errors += 1;
@@ -794,9 +889,15 @@ impl Runtime {
                             u.consecutive_timeouts += 1;
                             u.consecutive_unanswered += 1;
                         }
+                        TxError::Exception(x) if x.is_gateway_no_response() => {
+                            // The gateway answered, the device behind it did not.
+                            u.gateway_errors += 1;
+                            u.consecutive_unanswered += 1;
+                        }
                         TxError::Exception(_) => {
+                            // Alive. Whether it is online or faulted is decided when its
+                            // cycle completes (did any read deliver data?).
                             u.exceptions += 1;
-                            u.online = true;
                             u.consecutive_timeouts = 0;
                             u.consecutive_unanswered = 0;
                         }
@@ -804,13 +905,30 @@ impl Runtime {
                             u.crc_errors += 1;
                             u.consecutive_unanswered += 1;
                         }
-                        TxError::Port(_) => u.online = false,
+                        TxError::Port(_) => {
+                            u.online = false;
+                            u.status = UnitStatus::Offline;
+                        }
                     }
-                    if u.consecutive_unanswered >= offline_after && u.online {
+                    if u.consecutive_unanswered >= offline_after && u.status != UnitStatus::Offline
+                    {
                         tracing::warn!(bus = %bus, unit = u.unit, last_error = ?u.last_error,
                             "unit offline after {} transactions without a valid answer",
                             u.consecutive_unanswered);
                         u.online = false;
+                        u.status = UnitStatus::Offline;
+                    }
+                    // Offline means backed off, whether silent or only babbling garbage (once
+                    // per poll request: garbage retries do not double the delay).
+                    let unanswered = e.is_no_answer() || matches!(e, TxError::Garbage(_));
+                    if poll
+                        && unanswered
+                        && u.consecutive_unanswered >= offline_after
+                        && state.backed_off.is_none()
+                    {
+                        let delay = state.backoff.next_delay().max(state.poll);
+                        state.backed_off = Some(delay);
+                        u.backoff = Some(delay);
                     }
                 }
             }
@@ -820,19 +938,20 @@ impl Runtime {
     fn port_lost(&mut self, error: &str) {
         tracing::warn!(bus = %self.config.name, %error, "port lost; reopening");
         self.link = None;
-        self.health.send_modify(|h| {
+        self.health.modify(|h| {
             h.port = PortState::Down {
                 error: error.to_owned(),
                 attempts: 0,
             };
             for u in &mut h.units {
                 u.online = false;
+                u.status = UnitStatus::Offline;
             }
         });
         // Cycles in progress end now, with the rest of their points failed.
         for idx in 0..self.units.len() {
             if self.units[idx].cycle.is_some() {
-                self.finish_cycle(idx, &PointError::Port(error.to_owned()));
+                self.finish_cycle(idx, CycleEnd::Aborted(PointError::Port(error.to_owned())));
             }
         }
     }
@@ -844,13 +963,13 @@ impl Runtime {
             .as_mut()
             .and_then(|c| c.queue.pop_front())
         else {
-            self.finish_cycle(idx, &PointError::Timeout);
+            self.finish_cycle(idx, CycleEnd::Completed);
             return;
         };
         if let Some(c) = self.units[idx].cycle.as_mut() {
             c.requests += 1;
         }
-        let result = self.transact(idx, read_request(&req)).await;
+        let result = self.transact(idx, read_request(&req), true).await;
         // The port may have been lost: the cycle was then finished by `port_lost`.
         if self.units[idx].cycle.is_none() {
             return;
@@ -862,11 +981,27 @@ impl Runtime {
                 for &p in &req.points {
                     cycle.results[p] = Some(decode_point(&u.points[p], &req, &response));
                 }
+                cycle.answered += 1;
                 u.backoff.reset();
             }
+            Err(e) if e.is_no_answer() && u.backed_off.is_none() => {
+                // A unit that was answering missed one: retry the request (after the other
+                // units' turns) before declaring it offline, so that one lost frame does not
+                // flap its health, while a dead unit is reported offline within this cycle.
+                tracing::debug!(unit = u.unit, error = %PointError::from(e), "no answer; retrying");
+                cycle.queue.push_front(req);
+                return;
+            }
+            Err(e) if e.is_no_answer() => {
+                // Offline (and backed off by `tally`): a dead (or unintelligible) unit costs
+                // one timeout per backoff period. End its cycle now.
+                let delay = u.backed_off.take().unwrap_or(u.poll);
+                self.finish_cycle(idx, CycleEnd::Aborted(PointError::from(e)));
+                self.units[idx].next_due = Instant::now() + delay;
+                return;
+            }
             Err(TxError::Exception(code)) if splits_on(code, &req, &u.points) => {
-                // Exceptions mean alive.
-                u.backoff.reset();
+                cycle.refused += 1;
                 match u.planner.on_illegal_address(&req) {
                     SplitOutcome::Retry(parts) => {
                         tracing::debug!(
@@ -887,20 +1022,16 @@ impl Runtime {
                     }
                 }
             }
-            Err(e @ (TxError::Timeout | TxError::Unframed(_))) => {
-                // A dead (or unintelligible) unit costs one timeout per backoff period: end its
-                // cycle now.
-                let delay = u.backoff.next_delay().max(u.poll);
-                self.finish_cycle(idx, &PointError::from(e));
-                let u = &mut self.units[idx];
-                u.next_due = Instant::now() + delay;
-                self.health
-                    .send_modify(|h| h.units[idx].backoff = Some(delay));
+            Err(e @ TxError::Garbage(_)) if u.backed_off.is_some() => {
+                // Only corrupted answers, offline (and backed off by `tally`): end the cycle.
+                let delay = u.backed_off.take().unwrap_or(u.poll);
+                self.finish_cycle(idx, CycleEnd::Aborted(PointError::from(e)));
+                self.units[idx].next_due = Instant::now() + delay;
                 return;
             }
             Err(e) => {
                 if matches!(e, TxError::Exception(_)) {
-                    u.backoff.reset();
+                    cycle.refused += 1;
                 }
                 let e = PointError::from(e);
                 for &p in &req.points {
@@ -909,16 +1040,46 @@ impl Runtime {
             }
         }
         if cycle.queue.is_empty() {
-            self.finish_cycle(idx, &PointError::Timeout);
+            self.finish_cycle(idx, CycleEnd::Completed);
         }
     }
 
-    /// Ends unit `idx`'s cycle, filling points not reached with `missing`, and emits it.
-    fn finish_cycle(&mut self, idx: usize, missing: &PointError) {
+    /// Ends unit `idx`'s cycle, filling points not reached with the abort error, settles
+    /// whether a unit that answered is online or faulted, and emits the cycle.
+    fn finish_cycle(&mut self, idx: usize, end: CycleEnd) {
         let u = &mut self.units[idx];
         let Some(cycle) = u.cycle.take() else { return };
         let now = Instant::now();
         u.next_due = (cycle.started + u.poll).max(now);
+        // Every read refused with an exception: the unit is there but delivers no data.
+        let faulted =
+            matches!(end, CycleEnd::Completed) && cycle.answered == 0 && cycle.refused > 0;
+        let delivered = matches!(end, CycleEnd::Completed) && cycle.answered > 0;
+        let missing = match end {
+            CycleEnd::Completed => PointError::Timeout,
+            CycleEnd::Aborted(e) => e,
+        };
+        let faulted_delay = faulted.then(|| u.backoff.next_delay().max(u.poll));
+        if let Some(delay) = faulted_delay {
+            u.next_due = now + delay;
+        }
+        let (unit, bus) = (u.unit, &self.config.name);
+        self.health.modify(|h| {
+            let uh = &mut h.units[idx];
+            if let Some(delay) = faulted_delay {
+                if uh.status != UnitStatus::Faulted {
+                    tracing::warn!(bus = %bus, unit, last_error = ?uh.last_error,
+                        "unit faulted: every read of its cycle was refused with an exception");
+                }
+                uh.online = true;
+                uh.status = UnitStatus::Faulted;
+                uh.backoff = Some(delay);
+            } else if delivered {
+                uh.online = true;
+                uh.status = UnitStatus::Online;
+            }
+        });
+        let u = &mut self.units[idx];
         let readings = cycle
             .results
             .into_iter()
@@ -938,7 +1099,7 @@ impl Runtime {
             self.events.try_send(poll),
             Err(mpsc::error::TrySendError::Full(_))
         );
-        self.health.send_modify(|h| {
+        self.health.modify(|h| {
             h.units[idx].poll_cycles += 1;
             if dropped {
                 h.events_dropped += 1;
@@ -978,7 +1139,7 @@ impl Runtime {
             count: point.count(),
             points: vec![p],
         };
-        self.transact(idx, read_request(&req))
+        self.transact(idx, read_request(&req), false)
             .await
             .map_err(PointError::from)
             .and_then(|response| decode_point(&point, &req, &response))
@@ -1010,7 +1171,7 @@ impl Runtime {
             WriteData::Coil(b) => Request::WriteSingleCoil(point.address, b),
             WriteData::Bit { bit, set } => {
                 let current = match self
-                    .transact(idx, Request::ReadHoldingRegisters(point.address, 1))
+                    .transact(idx, Request::ReadHoldingRegisters(point.address, 1), false)
                     .await
                 {
                     Ok(Response::ReadHoldingRegisters(r)) if !r.is_empty() => r[0],
@@ -1044,7 +1205,7 @@ impl Runtime {
                 Request::WriteMultipleRegisters(point.address, regs.into())
             }
         };
-        self.transact(idx, request)
+        self.transact(idx, request, false)
             .await
             .map_err(|e| write_failed(e.into()))?;
         self.read_point(idx, p).await

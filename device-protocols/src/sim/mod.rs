@@ -30,7 +30,10 @@
 //! [`RtuSim::replug`] simulate a USB adapter vanishing and coming back.
 //!
 //! Unit id 0 (broadcast) writes go to every unit and are never answered. Requests for ids
-//! without a unit are not answered (nobody is there).
+//! without a unit are not answered (nobody is there), unless
+//! [`SimHandle::set_absent_exception`] makes the simulator act as a Modbus TCP gateway that
+//! answers for them with exception 0A (gateway path unavailable) or 0B (gateway target device
+//! failed to respond). A present unit answering only exceptions: `ExceptionRule::always`.
 
 mod map;
 mod rtu;
@@ -134,6 +137,8 @@ struct UnitState {
 struct State {
     started: Instant,
     units: BTreeMap<u8, UnitState>,
+    /// What requests for ids without a unit get (`None`: no answer).
+    absent: Option<ExceptionCode>,
 }
 
 /// The noise bytes a `garbage` unit sends instead of its answer: 64 × 0xFF. tokio-modbus'
@@ -175,6 +180,7 @@ impl SimHandle {
             state: Arc::new(Mutex::new(State {
                 started: Instant::now(),
                 units,
+                absent: None,
             })),
         }
     }
@@ -201,6 +207,13 @@ impl SimHandle {
                 stats: UnitStats::default(),
             },
         );
+    }
+
+    /// Answers requests for ids without a unit with `code` (`None`, the default: no answer),
+    /// like a Modbus TCP gateway answering 0B (gateway target device failed to respond) or
+    /// 0A (gateway path unavailable) for a device behind it that is absent.
+    pub fn set_absent_exception(&self, code: Option<ExceptionCode>) {
+        self.lock().absent = code;
     }
 
     /// Removes a unit: requests to it go unanswered.
@@ -320,8 +333,11 @@ impl SimHandle {
             }
             return Decision::Ignore;
         }
+        let absent = st.absent;
         let Some(u) = st.units.get_mut(&req.slave) else {
-            return Decision::Ignore;
+            return absent.map_or(Decision::Ignore, |code| {
+                Decision::Answer(None, false, Err(code))
+            });
         };
         u.stats.requests += 1;
         if let Some(n) = u
@@ -481,6 +497,12 @@ mod tests {
             Decision::Answer(None, false, Ok(Response::ReadHoldingRegisters(_)))
         ));
         assert!(matches!(handle.decide(&req(3)), Decision::Ignore));
+        handle.set_absent_exception(Some(ExceptionCode::GatewayTargetDevice));
+        assert!(matches!(
+            handle.decide(&req(3)),
+            Decision::Answer(None, false, Err(ExceptionCode::GatewayTargetDevice))
+        ));
+        handle.set_absent_exception(None);
         handle.set_silent(1, true);
         assert!(matches!(handle.decide(&req(1)), Decision::Ignore));
         handle.set_faults(
