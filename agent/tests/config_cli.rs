@@ -251,7 +251,8 @@ fn every_setting_commented_out_in_the_example_is_valid_too() {
     assert_eq!(meter.profile.as_deref(), Some("eastron-sdm120"));
     let boiler = config.devices[2].field.as_ref().expect("on the bus");
     assert_eq!(boiler.points.len(), 2);
-    assert_eq!(boiler.points[1].property, ["heating", "setpoint"]);
+    assert_eq!(boiler.points[0].property, ["heating", "flow"]);
+    assert_eq!(boiler.points[1].property, ["setpoint"]);
     assert_eq!(config.warnings(), Vec::<String>::new());
     let weather = config.devices[3].line.as_ref().expect("a line device");
     assert_eq!(weather.property, ["weather"]);

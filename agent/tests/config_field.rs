@@ -66,6 +66,7 @@ fn every_field_error_of_the_bad_fixture_is_reported_with_its_place() {
         r#"config.toml:72:1: device "m4": unit: only used with bus (a device without bus is an identity only)"#,
         r#"config.toml:79:1: device "m5": profile: a device has either points or profile, not both"#,
         r#"config.toml:85:11: device "m6": profile: expected a profile name like "eastron-sdm120" (letters, digits, '-', '_', '.'; the file profiles/NAME.toml), got "../etc/passwd""#,
+        r#"config.toml:92:92: device "nested-writable": point "sp": property: expected a twin property path like "power.active", got "heating.sp": a writable point maps to a top-level property (desired values and their acknowledgements live at the top level)"#,
         r#"profiles/broken.toml:2:15: profile "broken": description: expected a string, got 3"#,
         r#"profiles/broken.toml:9:1: profile "broken": point "a": colour: unknown key (expected one of: name, table, address, type, bit, length, order, scale, offset, unit, writable, write_multiple, property, deadband)"#,
         r#"profiles/broken.toml:11:1: profile "broken": point #2: name: missing: every point needs a name"#,
@@ -156,9 +157,10 @@ fn the_good_fixture_maps_buses_devices_points_and_profiles() {
     assert_eq!(points[1], &setpoint);
     assert_eq!(
         boiler.points[1].property,
-        ["control", "setpoint"],
+        ["setpoint"],
         "the leading reported. is dropped"
     );
+    assert_eq!(boiler.points[2].property, ["status", "alarm"]);
     assert_eq!(
         points[2],
         &Point::new("alarm", Table::DiscreteInput, 3, DataType::Bool).unwrap()
@@ -174,7 +176,7 @@ fn the_good_fixture_maps_buses_devices_points_and_profiles() {
         .with_writable(true);
     pump.write_multiple = true;
     assert_eq!(points[4], &pump);
-    assert_eq!(boiler.points[4].property, ["control", "pump"]);
+    assert_eq!(boiler.points[4].property, ["pump"]);
 
     // A second device with the same profile gets the same points; the drop-in set its poll.
     let plc = config.devices[2].field.as_ref().unwrap();

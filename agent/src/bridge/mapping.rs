@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use device_protocols::bus::UnitPoll;
-use device_protocols::health::UnitHealth;
+use device_protocols::health::{UnitHealth, UnitStatus};
 use device_protocols::point::{DataType, Point, Value};
 use serde_json::{Map, Value as Json, json};
 
@@ -114,7 +114,9 @@ pub struct Placement {
 }
 
 /// The link-health object of a device (`reported.gateway`): `id` (the gateway's id, so the
-/// back end finds every device of a gateway with one query), `bus`, `unit`, `online`,
+/// back end finds every device of a gateway with one query), `bus`, `unit`, `online` (answers
+/// with data), `status` (`online`, `faulted`: answers only with exceptions, `offline`,
+/// `unknown`: not polled yet),
 /// `consecutiveErrors`, `lastError`, and `lastGoodRead` — refreshed only when the device's
 /// online state changes or the stored one is older than [`LAST_GOOD_READ_REFRESH`].
 pub fn health_object(
@@ -123,12 +125,18 @@ pub fn health_object(
     port_up: bool,
     held: Option<&Json>,
 ) -> Json {
-    let online = port_up && health.is_some_and(|h| h.online);
+    let status = if port_up {
+        health.map_or(UnitStatus::Unknown, |h| h.status)
+    } else {
+        UnitStatus::Offline
+    };
+    let online = status == UnitStatus::Online;
     let mut object = json!({
         "id": placement.gateway,
         "bus": placement.bus,
         "unit": placement.unit,
         "online": online,
+        "status": status.as_str(),
         "consecutiveErrors": health.map_or(0, |h| h.consecutive_errors),
     });
     if let Some(error) = health
@@ -278,37 +286,6 @@ fn expected_kind(point: &Point) -> &'static str {
         DataType::Bool => "a boolean",
         DataType::String { .. } => "a string",
         _ => "a number",
-    }
-}
-
-/// Whether a read-back equals what was written, compared in the point's own terms (a scaled
-/// or float point within half its resolution, so that f32 rounding is not a mismatch).
-pub fn read_back_matches(point: &Point, written: &Value, read: &Value) -> bool {
-    match (written, read) {
-        (
-            Value::F64(_) | Value::U64(_) | Value::I64(_),
-            Value::F64(_) | Value::U64(_) | Value::I64(_),
-        ) => {
-            let (Some(a), Some(b)) = (as_f64(written), as_f64(read)) else {
-                return false;
-            };
-            let tolerance = match point.data_type {
-                DataType::F32 => a.abs().max(1.0) * 1e-6,
-                DataType::F64 => a.abs().max(1.0) * 1e-12,
-                _ => (point.scale.abs() / 2.0).max(f64::EPSILON),
-            };
-            (a - b).abs() <= tolerance
-        }
-        _ => written == read,
-    }
-}
-
-fn as_f64(value: &Value) -> Option<f64> {
-    match value {
-        Value::F64(f) => Some(*f),
-        Value::U64(u) => Some(*u as f64),
-        Value::I64(i) => Some(*i as f64),
-        _ => None,
     }
 }
 
@@ -487,29 +464,6 @@ mod tests {
     }
 
     #[test]
-    fn read_back_is_compared_in_the_points_own_terms() {
-        let sp = setpoint().point;
-        assert!(read_back_matches(
-            &sp,
-            &Value::F64(22.5),
-            &Value::F64(22.500_000_000_000_004)
-        ));
-        assert!(!read_back_matches(
-            &sp,
-            &Value::F64(22.5),
-            &Value::F64(22.6)
-        ));
-        let f = Point::new("f", Table::Holding, 0, DataType::F32).expect("valid");
-        let written = 0.1_f64;
-        let read = f64::from(0.1_f32);
-        assert!(read_back_matches(
-            &f,
-            &Value::F64(written),
-            &Value::F64(read)
-        ));
-    }
-
-    #[test]
     fn health_names_the_gateway_and_refreshes_last_good_read_sparingly() {
         let placement = Placement {
             gateway: "gw-1".into(),
@@ -518,6 +472,7 @@ mod tests {
         };
         let mut unit = UnitHealth::new(7);
         unit.online = true;
+        unit.status = UnitStatus::Online;
         unit.last_success = Some(SystemTime::UNIX_EPOCH + Duration::from_hours(500_000));
         let first = health_object(&placement, Some(&unit), true, None);
         assert_eq!(first["id"], "gw-1");
@@ -527,9 +482,11 @@ mod tests {
         let later = health_object(&placement, Some(&unit), true, Some(&first));
         assert_eq!(later, first, "a minute later nothing changes");
         unit.online = false;
+        unit.status = UnitStatus::Offline;
         unit.last_error = Some("timeout".into());
         let offline = health_object(&placement, Some(&unit), true, Some(&first));
         assert_eq!(offline["online"], false);
+        assert_eq!(offline["status"], "offline");
         assert_eq!(offline["lastError"], "timeout");
         let port_down = health_object(&placement, Some(&unit), false, Some(&first));
         assert_eq!(port_down["online"], false);

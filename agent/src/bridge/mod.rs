@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use device_protocols::bus::{Bus, BusConfig, BusConfigError, BusHandle, UnitConfig, WriteError};
-use device_protocols::health::PortState;
+use device_protocols::health::{PortState, UnitStatus};
 use serde_json::{Map, Value as Json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -280,9 +280,7 @@ async fn resolve_interrupted(
         let read =
             tokio::time::timeout(WRITE_TIMEOUT, bus.read(device.unit, &map.point.name)).await;
         let answer = match (read, requested) {
-            (Ok(Ok(value)), Some(requested))
-                if mapping::read_back_matches(&map.point, &requested, &value) =>
-            {
+            (Ok(Ok(value)), Some(requested)) if map.point.same_value(&requested, &value) => {
                 mapping::ack(value.to_json(), AckCode::Completed, version, None)
             }
             (Ok(Ok(value)), _) => mapping::ack(
@@ -365,7 +363,7 @@ async fn apply_desired(
                     .find(|p| p.point.name == point)
                     .expect("plan_desired only names points of this device");
                 let ack = match result {
-                    Ok(Ok(read)) if mapping::read_back_matches(&map.point, &value, &read) => {
+                    Ok(Ok(read)) if map.point.same_value(&value, &read) => {
                         mapping::ack(read.to_json(), AckCode::Completed, version, None)
                     }
                     Ok(Ok(read)) => mapping::ack(
@@ -405,7 +403,11 @@ async fn wait_online(bus: &BusHandle, unit: u8, stop: &CancellationToken) -> boo
     loop {
         {
             let h = health.borrow_and_update();
-            if matches!(h.port, PortState::Open) && h.unit(unit).is_some_and(|u| u.online) {
+            // Answering at all (online, or faulted on reads) is enough to try a write.
+            if matches!(h.port, PortState::Open)
+                && h.unit(unit)
+                    .is_some_and(|u| matches!(u.status, UnitStatus::Online | UnitStatus::Faulted))
+            {
                 return true;
             }
         }

@@ -93,6 +93,9 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
             return EX_CONFIG;
         }
     };
+    for warning in checked.config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let spec = runtime_spec(&checked);
     // One thread for the sessions and drivers is plenty (the store has its own), and keeps
     // the footprint small on a Pi.

@@ -880,6 +880,13 @@ pub(super) fn property_path(text: &str, object_leaf: bool) -> Result<Vec<String>
     if keys.iter().any(String::is_empty) {
         return Err(expected("empty key (a dot at an end, or two in a row)"));
     }
+    if object_leaf && keys.len() > 1 {
+        // Desired values and their acknowledgements live at the twin's top level (IoT Plug
+        // and Play writable properties): the bridge answers desired.<key> at reported.<key>.
+        return Err(expected(
+            "a writable point maps to a top-level property (desired values and their acknowledgements live at the top level)",
+        ));
+    }
     if keys[0] == "gateway" {
         return Err(expected(
             "\"gateway\" is reserved at the top level (the gateway's link health)",
