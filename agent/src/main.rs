@@ -57,6 +57,12 @@ enum Command {
         #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
         phase: std::time::Duration,
     },
+    /// Delete what the store keeps about a device removed from the configuration (its rows
+    /// stay until then). The agent must be stopped.
+    Forget {
+        /// The device id.
+        device: String,
+    },
     #[command(
         about = "Check the configuration and the credentials it names; print every problem \
                  and exit 78 (EX_CONFIG) if there is one"
@@ -86,6 +92,12 @@ fn main() -> ExitCode {
             init_logging_default("warn");
             cli::demo::run(once, phase, &mut std::io::stderr())
         }
+        Command::Forget { device } => cli::forget::run(
+            &config_path,
+            &device,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
         Command::CheckConfig { credentials } => cli::check_config::run(
             &config_path,
             cli::check_config::credentials_dir(credentials.credentials_dir).as_deref(),

@@ -6,6 +6,7 @@
 pub mod check_config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod forget;
 pub mod run;
 
 /// `EX_CONFIG` from sysexits.h: the configuration is invalid.
