@@ -39,7 +39,7 @@ impl PointMap {
 }
 
 /// Sets `value` at `path` in the object `doc`, creating intermediate objects.
-fn set_path(doc: &mut Map<String, Json>, path: &[String], value: Json) {
+pub(crate) fn set_path(doc: &mut Map<String, Json>, path: &[String], value: Json) {
     match path {
         [] => {}
         [last] => {
@@ -147,12 +147,25 @@ pub fn health_object(
     } else if !port_up {
         object["lastError"] = json!("port down");
     }
+    if let Some(at) = last_good_read(health.and_then(|h| h.last_success), online, held) {
+        object["lastGoodRead"] = json!(rfc3339(at));
+    }
+    object
+}
+
+/// The `lastGoodRead` to show, given the latest good read (`fresh`), the online state now and
+/// the stored health object (`held`): `fresh` when the online state changed or the stored
+/// time is older than [`LAST_GOOD_READ_REFRESH`], the stored time otherwise.
+pub(crate) fn last_good_read(
+    fresh: Option<SystemTime>,
+    online: bool,
+    held: Option<&Json>,
+) -> Option<SystemTime> {
     let held_read = held
         .and_then(|h| h.get("lastGoodRead"))
         .and_then(Json::as_str)
         .and_then(|s| humantime::parse_rfc3339(s).ok());
     let held_online = held.and_then(|h| h.get("online")).and_then(Json::as_bool);
-    let fresh = health.and_then(|h| h.last_success);
     let refresh = match (fresh, held_read) {
         (Some(_), None) => true,
         (Some(now), Some(then)) => {
@@ -163,14 +176,11 @@ pub fn health_object(
         }
         (None, _) => false,
     };
-    let last = if refresh { fresh } else { held_read };
-    if let Some(at) = last {
-        object["lastGoodRead"] = json!(rfc3339(at));
-    }
-    object
+    if refresh { fresh } else { held_read }
 }
 
-fn rfc3339(at: SystemTime) -> String {
+/// `at` as RFC 3339 in whole seconds (UTC).
+pub(crate) fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::EX_CONFIG;
 use super::check_config::{Checked, load_checked};
-use crate::bridge::{BusSpec, DeviceMap, PointMap};
+use crate::bridge::{BusSpec, DeviceMap, LineSpec, PointMap};
 use crate::config::Config;
 use crate::service::{IdentitySpec, RuntimeSpec, run_until_signal};
 use crate::store::StoreOptions;
@@ -47,6 +47,7 @@ pub fn runtime_spec(checked: &Checked) -> RuntimeSpec {
         gateway: gateway.expect("credentials::resolve always yields the gateway's identity"),
         devices,
         buses: bus_specs(config),
+        lines: line_specs(config),
         summary_every: SUMMARY_EVERY,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     }
@@ -80,6 +81,23 @@ pub fn bus_specs(config: &Config) -> Vec<BusSpec> {
                     })
                 })
                 .collect(),
+        })
+        .collect()
+}
+
+/// The bridge's view of the configured line devices (`[device.line]`), in file order.
+pub fn line_specs(config: &Config) -> Vec<LineSpec> {
+    config
+        .devices
+        .iter()
+        .filter_map(|device| {
+            let line = device.line.as_ref()?;
+            Some(LineSpec::new(
+                device.id.clone(),
+                line.config.clone(),
+                line.command.clone(),
+                line.property.clone(),
+            ))
         })
         .collect()
 }
