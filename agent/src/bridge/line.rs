@@ -278,11 +278,8 @@ async fn apply_desired(
     version: i64,
 ) -> Result<bool, BridgeError> {
     let device = to.device;
-    let applied: BTreeMap<String, i64> = applied(to.handle, device)
-        .await?
-        .into_iter()
-        .map(|(name, (v, _))| (name, v))
-        .collect();
+    let applied: BTreeMap<String, (i64, Json)> =
+        applied(to.handle, device).await?.into_iter().collect();
     for action in mapping::plan_desired(command, document, version, &applied) {
         let (property, answer) = match action {
             LineAction::Refuse {
@@ -292,6 +289,21 @@ async fn apply_desired(
             } => {
                 tracing::info!(device, property, reason, "desired value refused");
                 let answer = ack(requested, AckCode::Invalid, version, Some(reason));
+                (property, answer)
+            }
+            LineAction::Unchanged {
+                property,
+                requested,
+                sent_for,
+            } => {
+                let answer = ack(
+                    requested,
+                    AckCode::Completed,
+                    version,
+                    Some(format!(
+                        "sent for version {sent_for}; unchanged, not sent again"
+                    )),
+                );
                 (property, answer)
             }
             LineAction::Send {

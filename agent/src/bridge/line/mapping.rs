@@ -12,7 +12,7 @@ use serde_json::{Map, Value as Json, json};
 use super::super::HEALTH_KEY;
 use super::super::mapping::{get_path, last_good_read, rfc3339, set_path};
 use crate::twin::rules::{self, Section};
-use crate::twin::{Ack, diff};
+use crate::twin::{Ack, AckCode, diff};
 
 /// A reading field that is not reported, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +190,16 @@ pub enum LineAction {
         /// The command line, ending included.
         line: String,
     },
+    /// Acknowledge at the new version without sending: the value is the one already sent
+    /// (acknowledged 200) for an earlier version.
+    Unchanged {
+        /// Property (top-level desired key).
+        property: String,
+        /// The desired value as the hub sent it.
+        requested: Json,
+        /// The version it was sent for.
+        sent_for: i64,
+    },
     /// Refuse with a 400 acknowledgement.
     Refuse {
         /// Property (top-level desired key).
@@ -203,7 +213,10 @@ pub enum LineAction {
 
 /// The actions desired `version` calls for on a line device with `command` (its template,
 /// `None` when it takes no commands): one per top-level desired property whose applied version
-/// (`applied`) is older than `version`. Each is sent as `command` rendered with `{name}` = the
+/// (in `applied`, with its ack) is older than `version`. A desired version covers the whole
+/// document, so a property whose value is the one already sent and acknowledged 200 is only
+/// acknowledged again ([`LineAction::Unchanged`]): an unrelated change never repeats a
+/// command. Any other is sent as `command` rendered with `{name}` = the
 /// property and `{value}` = its value (strings raw, anything else as JSON text). Refused:
 /// every property of a device without a command, `null`, a string holding a control character
 /// (a line break in it would send a second command), and a template that needs other
@@ -213,7 +226,7 @@ pub fn plan_desired(
     command: Option<&Template>,
     desired: &Json,
     version: i64,
-    applied: &BTreeMap<String, i64>,
+    applied: &BTreeMap<String, (i64, Json)>,
 ) -> Vec<LineAction> {
     let Json::Object(doc) = desired else {
         return Vec::new();
@@ -222,8 +235,18 @@ pub fn plan_desired(
     for (property, requested) in doc {
         if property.starts_with('$')
             || property == HEALTH_KEY
-            || applied.get(property).is_some_and(|&v| v >= version)
+            || applied.get(property).is_some_and(|(v, _)| *v >= version)
         {
+            continue;
+        }
+        if let Some((sent_for, held)) = applied.get(property)
+            && Ack::parse(held).is_ok_and(|a| a.code == AckCode::Completed && &a.value == requested)
+        {
+            actions.push(LineAction::Unchanged {
+                property: property.clone(),
+                requested: requested.clone(),
+                sent_for: *sent_for,
+            });
             continue;
         }
         let refuse = |reason: String| LineAction::Refuse {
@@ -461,12 +484,41 @@ mod tests {
                 },
             ]
         );
-        let applied = BTreeMap::from([("fan".to_owned(), 4)]);
+        let sent = json!({"value": 2, "ac": 200, "av": 4, "ad": "sent"});
+        let applied = BTreeMap::from([("fan".to_owned(), (4, sent.clone()))]);
         assert_eq!(
             plan_desired(Some(&t), &json!({"fan": 2}), 4, &applied),
             [],
             "a version is sent once"
         );
+        let later = plan_desired(Some(&t), &json!({"fan": 2, "mode": "eco"}), 5, &applied);
+        assert_eq!(
+            later[0],
+            LineAction::Unchanged {
+                property: "fan".into(),
+                requested: json!(2),
+                sent_for: 4
+            },
+            "an unrelated change does not repeat a command"
+        );
+        let failed = json!({"value": 2, "ac": 500, "av": 4, "ad": "port down"});
+        let retry = plan_desired(
+            Some(&t),
+            &json!({"fan": 2}),
+            5,
+            &BTreeMap::from([("fan".to_owned(), (4, failed))]),
+        );
+        assert!(
+            matches!(&retry[..], [LineAction::Send { .. }]),
+            "a failed value is sent again at a new version"
+        );
+        let moved = plan_desired(
+            Some(&t),
+            &json!({"fan": 3}),
+            5,
+            &BTreeMap::from([("fan".to_owned(), (4, sent))]),
+        );
+        assert!(matches!(&moved[..], [LineAction::Send { line, .. }] if line == "SET fan 3\r\n"));
         let injected = plan_desired(
             Some(&t),
             &json!({"mode": "eco\r\nRESET"}),
