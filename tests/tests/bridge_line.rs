@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use twinbridge::bridge::LineSpec;
 use twinbridge::service::Runtime;
+use twinbridge::store::{Store, StoreOptions};
 use twinbridge_e2e::{DEADLINE, TestHub, eventually, runtime_spec};
 
 /// How often the instrument prints its reading.
@@ -354,6 +355,69 @@ async fn a_silent_or_unplugged_instrument_shows_offline_and_gets_desired_values_
     eventually("online again after the replug", DEADLINE, || async move {
         health().await["online"] == json!(true)
     })
+    .await;
+
+    runtime.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_interrupted_by_a_crash_is_not_sent_again() {
+    let hub = TestHub::start(&["gw-1", "station-01"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("tb.db");
+    let version = hub.set_desired("station-01", &json!({"fan": 1}));
+    // What a crash between recording the intent (202) and sending leaves in the store.
+    let store = Store::open(&db, StoreOptions::default()).expect("store opens");
+    store
+        .configure_device("station-01", None)
+        .await
+        .expect("configured");
+    store
+        .applied_ack(
+            "station-01",
+            "fan",
+            version,
+            json!({"value": 1, "ac": 202, "av": version, "ad": "sending"}),
+        )
+        .await
+        .expect("intent recorded");
+    store.close().await.expect("closed");
+
+    let mut station = Instrument::plug_in(dir.path().join("ttySTATION"));
+    station.print(&json!({"temp": 21.5}));
+    let mut spec = runtime_spec(&hub, &db, "gw-1", &["station-01"]);
+    spec.lines = vec![line_spec(
+        "station-01",
+        &station,
+        Some("SET {name} {value}\n"),
+        &["weather"],
+        Duration::from_secs(10),
+    )];
+    let runtime = Runtime::start(spec).await.expect("runtime starts");
+    let hub_ref = &hub;
+    eventually(
+        "the interrupted command is acknowledged as not confirmed",
+        DEADLINE,
+        || async move {
+            let fan = &hub_ref.reported("station-01").0["fan"];
+            fan["value"] == json!(1) && fan["ac"] == json!(500) && fan["av"] == json!(version)
+        },
+    )
+    .await;
+    let next = hub.set_desired("station-01", &json!({"fan": 2}));
+    assert_eq!(
+        station.next_command().await,
+        "SET fan 2\n",
+        "the interrupted command was not sent again"
+    );
+    eventually(
+        "the next command is acknowledged",
+        DEADLINE,
+        || async move {
+            let fan = &hub_ref.reported("station-01").0["fan"];
+            fan["ac"] == json!(200) && fan["av"] == json!(next)
+        },
+    )
     .await;
 
     runtime.shutdown().await.expect("clean shutdown");

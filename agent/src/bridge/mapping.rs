@@ -221,7 +221,8 @@ impl DesiredAction {
 /// The actions a desired document at `version` calls for: one per top-level desired property
 /// whose applied version (`applied`) is older than `version`. Writable points map to
 /// top-level properties; any other desired property is refused (unknown, or not writable),
-/// as is a value of the wrong type for its point. Range checks happen when the bus encodes.
+/// as is a value of the wrong type for its point. `$`-keys and `gateway` (the link health's
+/// key) are left alone. Range checks happen when the bus encodes.
 pub fn plan_desired(
     points: &[PointMap],
     desired: &Json,
@@ -233,7 +234,11 @@ pub fn plan_desired(
     };
     let mut actions = Vec::new();
     for (property, requested) in doc {
-        if property.starts_with('$') || applied.get(property).is_some_and(|&v| v >= version) {
+        // `gateway`: an acknowledgement there would overwrite the link health.
+        if property.starts_with('$')
+            || property == HEALTH_KEY
+            || applied.get(property).is_some_and(|&v| v >= version)
+        {
             continue;
         }
         let refuse = |reason: String| DesiredAction::Refuse {
@@ -453,7 +458,8 @@ mod tests {
     #[test]
     fn desired_plan_writes_new_versions_and_refuses_what_it_cannot() {
         let points = [temperature(), setpoint()];
-        let desired = json!({"setpoint": 22.5, "climate": 1, "colour": "red", "$version": 4});
+        let desired =
+            json!({"setpoint": 22.5, "climate": 1, "colour": "red", "gateway": 1, "$version": 4});
         let actions = plan_desired(&points, &desired, 4, &BTreeMap::new());
         assert_eq!(actions.len(), 3, "{actions:?}");
         assert!(actions.iter().any(|a| matches!(a,
