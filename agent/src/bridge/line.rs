@@ -3,7 +3,9 @@
 //!
 //! - Each reading becomes reported properties: its fields under the configured `property`
 //!   prefix (top level without one), merged into the store only when something changed
-//!   ([`mapping::reading_patch`]). A field the hub would refuse (a key with `.`, `$`, space or
+//!   ([`mapping::reading_patch`]); readings that queued up while the store was busy are
+//!   merged into one change. On start, values a changed prefix left behind are deleted
+//!   ([`mapping::stale_keys_patch`]). A field the hub would refuse (a key with `.`, `$`, space or
 //!   a control character, a value out of the hub's limits) or a top-level field named
 //!   `gateway` is never sent: it is dropped with one warning per field name.
 //! - The link health under `reported.gateway` ([`mapping::health_object`]): online while
@@ -110,6 +112,12 @@ pub async fn run_line(
             device: spec.device.clone(),
             source,
         })?;
+    let local = local_of(&handle, &spec.device).await?;
+    let stale = mapping::stale_keys_patch(&spec.property, &local);
+    if !is_noop(&stale) {
+        tracing::info!(device = spec.device, patch = %stale, "removing reported keys outside the readings' property");
+        handle.merge_local(&spec.device, stale).await?;
+    }
     let port_path = spec.config.serial.path.display().to_string();
     let mut writer = tokio::spawn(desired_loop(
         spec.device.clone(),
@@ -136,9 +144,14 @@ pub async fn run_line(
                 let Some(reading) = reading else { break Ok(()) };
                 seen.reading = Some(Instant::now());
                 seen.reading_wall = Some(SystemTime::now());
+                // Readings that queued up meanwhile become one change (later fields win).
+                let mut fields = reading.fields;
+                while let Ok(next) = readings.try_recv() {
+                    fields.extend(next.fields);
+                }
                 let local = local_of(&handle, &spec.device).await?;
                 let ReadingPatch { mut patch, refused } =
-                    mapping::reading_patch(&spec.property, &reading.fields, &local);
+                    mapping::reading_patch(&spec.property, &fields, &local);
                 for Refusal { field, reason } in refused {
                     if warned.insert(field.clone()) {
                         tracing::warn!(device = spec.device, field, reason, "reading field dropped (warned once per field)");

@@ -20,6 +20,11 @@
 //! - On start, reported keys that no point maps to any more (a point renamed or removed in the
 //!   configuration) are deleted from the twin ([`mapping::stale_keys_patch`]): a renamed
 //!   property path never leaves a stale value looking current.
+//!
+//! Line devices (an instrument printing one reading per line on its own port) have their own
+//! task, [`line::run_line`]: reading fields → reported properties, link health under
+//! `reported.gateway` with a silence window, desired → rendered command line → acknowledged
+//! as sent (no read-back); see [`line`].
 
 pub mod line;
 pub mod mapping;

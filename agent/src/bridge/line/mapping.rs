@@ -87,6 +87,32 @@ pub fn reading_patch(prefix: &[String], fields: &Map<String, Json>, local: &Json
     }
 }
 
+/// The reported keys that a changed `prefix` left behind (the readings went elsewhere in an
+/// earlier run): at each level of the prefix, every key other than the prefix's next one, set
+/// to `null` in the returned patch so the twin does not keep stale values that look current.
+/// The link health and acknowledgements of desired properties (top-level objects shaped as
+/// acks) stay. With an empty prefix any top-level key may be a field: nothing is removed.
+pub fn stale_keys_patch(prefix: &[String], local: &Json) -> Json {
+    fn stale(prefix: &[String], held: &Json, top: bool) -> Map<String, Json> {
+        let mut patch = Map::new();
+        let (Some(next), Json::Object(map)) = (prefix.first(), held) else {
+            return patch;
+        };
+        for (key, value) in map {
+            if key == next {
+                let inner = stale(&prefix[1..], value, false);
+                if !inner.is_empty() {
+                    patch.insert(key.clone(), Json::Object(inner));
+                }
+            } else if !(top && (key == HEALTH_KEY || Ack::parse(value).is_ok())) {
+                patch.insert(key.clone(), Json::Null);
+            }
+        }
+        patch
+    }
+    Json::Object(stale(prefix, local, true))
+}
+
 /// The merge patch that turns `held` into `new`; `None` when they are equal.
 fn change(held: Option<&Json>, new: &Json) -> Option<Json> {
     match held {
@@ -375,6 +401,26 @@ mod tests {
         );
         let same = reading_patch(&[], &fields(json!({"fan": 1})), &held);
         assert_eq!(same.patch, json!({}));
+    }
+
+    #[test]
+    fn a_changed_prefix_leaves_no_stale_values() {
+        let local = json!({
+            "temp": 20, "old": {"x": 1},
+            "weather": {"outside": {"temp": 1}, "inside": {"temp": 2}},
+            "gateway": {"online": true},
+            "fan": {"value": 1, "ac": 200, "av": 2},
+        });
+        assert_eq!(
+            stale_keys_patch(&prefix(&["weather", "outside"]), &local),
+            json!({"temp": null, "old": null, "weather": {"inside": null}})
+        );
+        assert_eq!(stale_keys_patch(&[], &local), json!({}));
+        assert_eq!(
+            stale_keys_patch(&prefix(&["w"]), &json!({"w": 1})),
+            json!({}),
+            "a scalar at the prefix is overwritten by the next reading"
+        );
     }
 
     fn view(port: &PortState) -> LinkView<'_> {
