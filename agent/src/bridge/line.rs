@@ -137,51 +137,55 @@ pub async fn run_line(
     let mut health_tick = tokio::time::interval(HEALTH_EVERY);
     health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut writer_done = false;
-    let result = loop {
-        tokio::select! {
-            () = stop.cancelled() => break Ok(()),
-            reading = readings.recv() => {
-                let Some(reading) = reading else { break Ok(()) };
-                seen.reading = Some(Instant::now());
-                seen.reading_wall = Some(SystemTime::now());
-                // Readings that queued up meanwhile become one change (later fields win).
-                let mut fields = reading.fields;
-                while let Ok(next) = readings.try_recv() {
-                    fields.extend(next.fields);
-                }
-                let local = local_of(&handle, &spec.device).await?;
-                let ReadingPatch { mut patch, refused } =
-                    mapping::reading_patch(&spec.property, &fields, &local);
-                for Refusal { field, reason } in refused {
-                    if warned.insert(field.clone()) {
-                        tracing::warn!(device = spec.device, field, reason, "reading field dropped (warned once per field)");
+    // In a block, so that a store error (`?`) still stops the writer and the port below.
+    let result: Result<(), BridgeError> = async {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                reading = readings.recv() => {
+                    let Some(reading) = reading else { return Ok(()) };
+                    seen.reading = Some(Instant::now());
+                    seen.reading_wall = Some(SystemTime::now());
+                    // Readings that queued up meanwhile become one change (later fields win).
+                    let mut fields = reading.fields;
+                    while let Ok(next) = readings.try_recv() {
+                        fields.extend(next.fields);
+                    }
+                    let local = local_of(&handle, &spec.device).await?;
+                    let ReadingPatch { mut patch, refused } =
+                        mapping::reading_patch(&spec.property, &fields, &local);
+                    for Refusal { field, reason } in refused {
+                        if warned.insert(field.clone()) {
+                            tracing::warn!(device = spec.device, field, reason, "reading field dropped (warned once per field)");
+                        }
+                    }
+                    put_line_health(&mut patch, &spec, &gateway, &port_path, &device, &mut seen, &local);
+                    if !is_noop(&patch) {
+                        handle.merge_local(&spec.device, patch).await?;
                     }
                 }
-                put_line_health(&mut patch, &spec, &gateway, &port_path, &device, &mut seen, &local);
-                if !is_noop(&patch) {
-                    handle.merge_local(&spec.device, patch).await?;
+                _ = health_tick.tick() => {
+                    let local = local_of(&handle, &spec.device).await?;
+                    let mut patch = Json::Object(Map::new());
+                    put_line_health(&mut patch, &spec, &gateway, &port_path, &device, &mut seen, &local);
+                    if !is_noop(&patch) {
+                        handle.merge_local(&spec.device, patch).await?;
+                    }
                 }
-            }
-            _ = health_tick.tick() => {
-                let local = local_of(&handle, &spec.device).await?;
-                let mut patch = Json::Object(Map::new());
-                put_line_health(&mut patch, &spec, &gateway, &port_path, &device, &mut seen, &local);
-                if !is_noop(&patch) {
-                    handle.merge_local(&spec.device, patch).await?;
-                }
-            }
-            done = &mut writer, if !writer_done => {
-                writer_done = true;
-                match done {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break Err(e),
-                    Err(e) => {
-                        tracing::error!(device = spec.device, error = %e, "desired task failed");
+                done = &mut writer, if !writer_done => {
+                    writer_done = true;
+                    match done {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => {
+                            tracing::error!(device = spec.device, error = %e, "desired task failed");
+                        }
                     }
                 }
             }
         }
-    };
+    }
+    .await;
     stop.cancel();
     if !writer_done {
         let _ = writer.await;
