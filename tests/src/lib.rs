@@ -282,6 +282,7 @@ pub fn runtime_spec(
         gateway: identity(gateway),
         devices: devices.iter().map(|d| identity(d)).collect(),
         buses: Vec::new(),
+        lines: Vec::new(),
         retry: BackoffConfig::new(Duration::from_millis(50), Duration::from_millis(500)),
         summary_every: Duration::from_millis(200),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -39,7 +39,7 @@ impl PointMap {
 }
 
 /// Sets `value` at `path` in the object `doc`, creating intermediate objects.
-fn set_path(doc: &mut Map<String, Json>, path: &[String], value: Json) {
+pub(crate) fn set_path(doc: &mut Map<String, Json>, path: &[String], value: Json) {
     match path {
         [] => {}
         [last] => {
@@ -147,12 +147,25 @@ pub fn health_object(
     } else if !port_up {
         object["lastError"] = json!("port down");
     }
+    if let Some(at) = last_good_read(health.and_then(|h| h.last_success), online, held) {
+        object["lastGoodRead"] = json!(rfc3339(at));
+    }
+    object
+}
+
+/// The `lastGoodRead` to show, given the latest good read (`fresh`), the online state now and
+/// the stored health object (`held`): `fresh` when the online state changed or the stored
+/// time is older than [`LAST_GOOD_READ_REFRESH`], the stored time otherwise.
+pub(crate) fn last_good_read(
+    fresh: Option<SystemTime>,
+    online: bool,
+    held: Option<&Json>,
+) -> Option<SystemTime> {
     let held_read = held
         .and_then(|h| h.get("lastGoodRead"))
         .and_then(Json::as_str)
         .and_then(|s| humantime::parse_rfc3339(s).ok());
     let held_online = held.and_then(|h| h.get("online")).and_then(Json::as_bool);
-    let fresh = health.and_then(|h| h.last_success);
     let refresh = match (fresh, held_read) {
         (Some(_), None) => true,
         (Some(now), Some(then)) => {
@@ -163,14 +176,11 @@ pub fn health_object(
         }
         (None, _) => false,
     };
-    let last = if refresh { fresh } else { held_read };
-    if let Some(at) = last {
-        object["lastGoodRead"] = json!(rfc3339(at));
-    }
-    object
+    if refresh { fresh } else { held_read }
 }
 
-fn rfc3339(at: SystemTime) -> String {
+/// `at` as RFC 3339 in whole seconds (UTC).
+pub(crate) fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
@@ -211,7 +221,8 @@ impl DesiredAction {
 /// The actions a desired document at `version` calls for: one per top-level desired property
 /// whose applied version (`applied`) is older than `version`. Writable points map to
 /// top-level properties; any other desired property is refused (unknown, or not writable),
-/// as is a value of the wrong type for its point. Range checks happen when the bus encodes.
+/// as is a value of the wrong type for its point. `$`-keys and `gateway` (the link health's
+/// key) are left alone. Range checks happen when the bus encodes.
 pub fn plan_desired(
     points: &[PointMap],
     desired: &Json,
@@ -223,7 +234,11 @@ pub fn plan_desired(
     };
     let mut actions = Vec::new();
     for (property, requested) in doc {
-        if property.starts_with('$') || applied.get(property).is_some_and(|&v| v >= version) {
+        // `gateway`: an acknowledgement there would overwrite the link health.
+        if property.starts_with('$')
+            || property == HEALTH_KEY
+            || applied.get(property).is_some_and(|&v| v >= version)
+        {
             continue;
         }
         let refuse = |reason: String| DesiredAction::Refuse {
@@ -443,7 +458,8 @@ mod tests {
     #[test]
     fn desired_plan_writes_new_versions_and_refuses_what_it_cannot() {
         let points = [temperature(), setpoint()];
-        let desired = json!({"setpoint": 22.5, "climate": 1, "colour": "red", "$version": 4});
+        let desired =
+            json!({"setpoint": 22.5, "climate": 1, "colour": "red", "gateway": 1, "$version": 4});
         let actions = plan_desired(&points, &desired, 4, &BTreeMap::new());
         assert_eq!(actions.len(), 3, "{actions:?}");
         assert!(actions.iter().any(|a| matches!(a,

@@ -20,7 +20,13 @@
 //! - On start, reported keys that no point maps to any more (a point renamed or removed in the
 //!   configuration) are deleted from the twin ([`mapping::stale_keys_patch`]): a renamed
 //!   property path never leaves a stale value looking current.
+//!
+//! Line devices (an instrument printing one reading per line on its own port) have their own
+//! task, [`line::run_line`]: reading fields → reported properties, link health under
+//! `reported.gateway` with a silence window, desired → rendered command line → acknowledged
+//! as sent (no read-back); see [`line`].
 
+pub mod line;
 pub mod mapping;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::service::{HandleError, RuntimeHandle};
 use crate::twin::{Ack, AckCode, is_noop};
 
+pub use line::{LineSpec, run_line};
 pub use mapping::{DesiredAction, HEALTH_KEY, Placement, PointMap};
 
 /// One device on a bus.
@@ -69,6 +76,14 @@ pub enum BridgeError {
         bus: String,
         /// Why.
         source: BusConfigError,
+    },
+    /// A line device's serial settings were refused.
+    #[error("line device {device}: {source}")]
+    Line {
+        /// The device.
+        device: String,
+        /// Why.
+        source: device_protocols::serial::SerialError,
     },
     /// The store failed (or a device is not an identity of the runtime).
     #[error(transparent)]
@@ -185,11 +200,16 @@ fn merge_health(
         matches!(health.port, PortState::Open),
         held,
     );
+    put_health(patch, held, object);
+}
+
+/// Puts the link-health `object` into `patch` when it differs from the stored one (`held`).
+fn put_health(patch: &mut Json, held: Option<&Json>, object: Json) {
     if held != Some(&object)
         && let Json::Object(map) = patch
     {
         // The whole object replaces the stored one: keys that no longer apply (lastError)
-        // are removed by the diff the store computes.
+        // are deleted (set to null in the merge patch).
         let mut replacement = object;
         if let (Some(Json::Object(old)), Json::Object(new)) = (held, &mut replacement) {
             for key in old.keys() {

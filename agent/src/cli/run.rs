@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::EX_CONFIG;
 use super::check_config::{Checked, load_checked};
-use crate::bridge::{BusSpec, DeviceMap, PointMap};
+use crate::bridge::{BusSpec, DeviceMap, LineSpec, PointMap};
 use crate::config::Config;
 use crate::service::{IdentitySpec, RuntimeSpec, run_until_signal};
 use crate::store::StoreOptions;
@@ -47,6 +47,7 @@ pub fn runtime_spec(checked: &Checked) -> RuntimeSpec {
         gateway: gateway.expect("credentials::resolve always yields the gateway's identity"),
         devices,
         buses: bus_specs(config),
+        lines: line_specs(config),
         summary_every: SUMMARY_EVERY,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     }
@@ -84,6 +85,23 @@ pub fn bus_specs(config: &Config) -> Vec<BusSpec> {
         .collect()
 }
 
+/// The bridge's view of the configured line devices (`[device.line]`), in file order.
+pub fn line_specs(config: &Config) -> Vec<LineSpec> {
+    config
+        .devices
+        .iter()
+        .filter_map(|device| {
+            let line = device.line.as_ref()?;
+            Some(LineSpec::new(
+                device.id.clone(),
+                line.config.clone(),
+                line.command.clone(),
+                line.property.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// Runs the agent with the configuration at `path`; returns the process exit code.
 pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> u8 {
     let checked = match load_checked(path, credentials_dir) {
@@ -116,5 +134,49 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
             let _ = writeln!(err, "twinbridge: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn line_devices_become_line_specs_with_their_command_and_prefix() {
+        let config = Config::from_str_at(
+            "[gateway]\nid = \"gw\"\n[hub]\nhost = \"127.0.0.1\"\n\
+             [[bus]]\nname = \"a\"\nport = \"/dev/serial/by-id/a\"\n\
+             [[device]]\nid = \"m1\"\nbus = \"a\"\nunit = 1\n\
+             points = [{ name = \"t\", table = \"input\", address = 0, type = \"u16\" }]\n\
+             [[device]]\nid = \"weather-01\"\n\
+             [device.line]\nport = \"/dev/serial/by-id/w\"\nprotocol = \"key-value\"\n\
+             command = \"SET {name} {value}\\r\\n\"\nproperty = \"weather\"\n\
+             [[device]]\nid = \"scale-02\"\n\
+             line = { port = \"/dev/serial/by-id/s\", protocol = \"json-lines\" }\n",
+            Path::new("/etc/twinbridge/config.toml"),
+        )
+        .expect("valid configuration");
+        let lines = line_specs(&config);
+        assert_eq!(lines.len(), 2, "the bus device is not a line device");
+        assert_eq!(lines[0].device, "weather-01");
+        assert_eq!(lines[0].property, ["weather"]);
+        assert_eq!(
+            lines[0]
+                .command
+                .as_ref()
+                .map(|t| t.render_set("fan", &serde_json::json!(2))),
+            Some(Ok("SET fan 2\r\n".to_owned()))
+        );
+        assert_eq!(
+            lines[0].config.serial.path,
+            Path::new("/dev/serial/by-id/w")
+        );
+        assert_eq!(lines[0].silence, crate::bridge::line::DEFAULT_SILENCE);
+        assert_eq!(lines[1].device, "scale-02");
+        assert!(lines[1].command.is_none());
+        assert!(lines[1].property.is_empty());
+        assert_eq!(bus_specs(&config)[0].devices.len(), 1);
     }
 }

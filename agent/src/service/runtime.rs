@@ -18,7 +18,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{BridgeError, BusSpec, run_bus};
+use crate::bridge::{BridgeError, BusSpec, LineSpec, run_bus, run_line};
 use crate::hub::{Credential, HubLink, LinkError, LinkSettings, Pacing, SessionHandle};
 use crate::store::{HistoryLimits, Store, StoreError, StoreOptions};
 use crate::sync::{DesiredState, Driver, IdentityStatus, gateway_summary};
@@ -52,6 +52,8 @@ pub struct RuntimeSpec {
     pub devices: Vec<IdentitySpec>,
     /// The buses and the devices on them (each device one of `devices`).
     pub buses: Vec<BusSpec>,
+    /// The line devices (each one of `devices`), each on its own serial port.
+    pub lines: Vec<LineSpec>,
     /// Backoff of a driver after 429, 5xx and unanswered requests.
     pub retry: BackoffConfig,
     /// At most how often the gateway twin's summary is recomputed (it is recomputed when an
@@ -73,7 +75,7 @@ pub enum RuntimeError {
     /// Two identities share an id.
     #[error("identity {0:?} is configured twice")]
     DuplicateIdentity(String),
-    /// A bus bridge failed (bus configuration refused, or its store access failed).
+    /// A bus or line-device bridge failed (configuration refused, or its store access failed).
     #[error(transparent)]
     Bridge(#[from] BridgeError),
     /// A task of the runtime panicked.
@@ -276,6 +278,10 @@ impl Runtime {
         tasks.spawn(async move { summary.await.map_err(RuntimeError::Store) });
         for bus in spec.buses.iter().cloned() {
             let bridge = run_bus(bus, spec.gateway.id.clone(), handle.clone(), stop.clone());
+            tasks.spawn(async move { bridge.await.map_err(RuntimeError::Bridge) });
+        }
+        for line in spec.lines.iter().cloned() {
+            let bridge = run_line(line, spec.gateway.id.clone(), handle.clone(), stop.clone());
             tasks.spawn(async move { bridge.await.map_err(RuntimeError::Bridge) });
         }
         tracing::info!(
