@@ -11,6 +11,7 @@ use device_protocols::sim::{RtuSim, SimMap, UnitMap};
 use serde_json::json;
 use twinbridge::bridge::{BusSpec, DeviceMap, PointMap};
 use twinbridge::service::Runtime;
+use twinbridge::store::HistoryLimits;
 use twinbridge_e2e::{DEADLINE, TestHub, eventually, runtime_spec};
 
 fn point_map(point: Point, property: &[&str], deadband: Option<f64>) -> PointMap {
@@ -102,6 +103,11 @@ async fn start_site() -> Site {
         "gw-1",
         &["boiler-01", "meter-01"],
     );
+    // The meter keeps every intermediate value (`history = "every-change"`).
+    spec.devices[1].history = Some(HistoryLimits {
+        max_bytes: 1 << 20,
+        max_age: Duration::from_hours(1),
+    });
     spec.buses = vec![BusSpec {
         config: bus,
         devices: vec![boiler, meter],
@@ -239,5 +245,141 @@ async fn a_silent_unit_shows_offline_while_the_other_keeps_its_cycle() {
     })
     .await;
 
+    runtime.shutdown().await.expect("clean shutdown");
+}
+
+/// The hub refuses connections while register values change: afterwards the default
+/// (latest-value) device converges with at most one PATCH, and the `every-change` device
+/// delivers every intermediate value, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_loses_no_change_and_costs_one_patch_per_latest_device() {
+    let Site {
+        hub,
+        sim,
+        runtime,
+        _dir,
+    } = start_site().await;
+    let handle = runtime.handle();
+    let hub_ref = &hub;
+    eventually("both devices synced first", DEADLINE, || async move {
+        hub_ref.reported("boiler-01").0["temperature"] == json!(21.5)
+            && hub_ref.reported("meter-01").0["power"]["active"] == json!(1234.5)
+    })
+    .await;
+    hub.outage(true);
+    eventually("the gateway sees the outage", DEADLINE, || {
+        let down = handle.statuses().iter().all(|(_, s)| !s.connected);
+        async move { down }
+    })
+    .await;
+    let before = (hub.reported("boiler-01").1, hub.reported("meter-01").1);
+    let powers = [1300.5_f32, 1400.5, 1500.5, 1600.5, 1700.5];
+    for (i, power) in powers.iter().enumerate() {
+        sim.handle()
+            .set_values(2, Table::Input, 0, &f32_cdab(*power));
+        sim.handle().set_values(
+            1,
+            Table::Input,
+            0,
+            &[230 + 10 * u16::try_from(i).expect("small")],
+        );
+        let handle = &handle;
+        eventually(
+            "the change is in the local replica",
+            DEADLINE,
+            || async move {
+                let local = handle
+                    .store()
+                    .sync_state("meter-01")
+                    .await
+                    .expect("store readable")
+                    .expect("device known")
+                    .local;
+                local["power"]["active"] == json!(f64::from(*power))
+            },
+        )
+        .await;
+    }
+    hub.outage(false);
+    eventually("both converge after the outage", DEADLINE, || async move {
+        hub_ref.reported("boiler-01").0["temperature"] == json!(27.0)
+            && hub_ref.reported("meter-01").0["power"]["active"] == json!(1700.5)
+    })
+    .await;
+    let after = (hub.reported("boiler-01").1, hub.reported("meter-01").1);
+    assert!(
+        after.0 - before.0 <= 1,
+        "latest mode: at most one PATCH after the outage ({before:?} -> {after:?})"
+    );
+    assert!(
+        after.1 - before.1 >= i64::try_from(powers.len()).expect("small"),
+        "every-change mode: each of the {} changes reached the hub ({before:?} -> {after:?})",
+        powers.len()
+    );
+    runtime.shutdown().await.expect("clean shutdown");
+}
+
+/// Line noise (answers with a bad CRC) takes the noisy unit offline without stalling the
+/// other; a desired value out of the point's range is refused with 400 and nothing written;
+/// a hub restart in the middle loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_out_of_range_values_and_a_hub_restart_are_survived() {
+    let Site {
+        mut hub,
+        sim,
+        runtime,
+        _dir,
+    } = start_site().await;
+    let hub_ref = &hub;
+    eventually("the meter is online first", DEADLINE, || async move {
+        hub_ref.reported("meter-01").0["gateway"]["online"] == json!(true)
+    })
+    .await;
+    sim.handle().set_bad_crc(2, true);
+    sim.handle().set_values(1, Table::Input, 0, &[260]);
+    eventually(
+        "the noisy meter is offline, the boiler keeps its cycle",
+        DEADLINE,
+        || async move {
+            hub_ref.reported("meter-01").0["gateway"]["online"] == json!(false)
+                && hub_ref.reported("boiler-01").0["temperature"] == json!(26.0)
+        },
+    )
+    .await;
+    sim.handle().set_bad_crc(2, false);
+    sim.handle().set_values(2, Table::Input, 0, &f32_cdab(42.0));
+    eventually(
+        "the meter is back with its new value",
+        DEADLINE,
+        || async move {
+            let meter = hub_ref.reported("meter-01").0;
+            meter["gateway"]["online"] == json!(true) && meter["power"]["active"] == json!(42.0)
+        },
+    )
+    .await;
+
+    let writes = register_writes(&sim, 1);
+    let version = hub.set_desired("boiler-01", &json!({"setpoint": 7000.0}));
+    eventually(
+        "an out-of-range value is refused",
+        DEADLINE,
+        || async move {
+            let setpoint = hub_ref.reported("boiler-01").0["setpoint"].clone();
+            setpoint["ac"] == 400 && setpoint["av"] == version
+        },
+    )
+    .await;
+    assert_eq!(register_writes(&sim, 1), writes, "nothing written");
+    assert_eq!(sim.handle().holding(1, 100), Some(200));
+
+    hub.restart().await;
+    sim.handle().set_values(1, Table::Input, 0, &[270]);
+    let hub_ref = &hub;
+    eventually(
+        "values flow again after the hub restart",
+        DEADLINE,
+        || async move { hub_ref.reported("boiler-01").0["temperature"] == json!(27.0) },
+    )
+    .await;
     runtime.shutdown().await.expect("clean shutdown");
 }
