@@ -198,6 +198,14 @@ pub enum DesiredAction {
         /// The desired value as the hub sent it (for a refusal's ack).
         requested: Json,
     },
+    /// The value is the one last written and acknowledged: acknowledge the new version
+    /// (200) without writing.
+    Unchanged {
+        /// Property (top-level desired key).
+        property: String,
+        /// The desired value as the hub sent it.
+        requested: Json,
+    },
     /// Refuse with a 400 acknowledgement.
     Refuse {
         /// Property (top-level desired key).
@@ -213,7 +221,9 @@ impl DesiredAction {
     /// The property this action answers.
     pub fn property(&self) -> &str {
         match self {
-            Self::Write { property, .. } | Self::Refuse { property, .. } => property,
+            Self::Write { property, .. }
+            | Self::Unchanged { property, .. }
+            | Self::Refuse { property, .. } => property,
         }
     }
 }
@@ -227,7 +237,7 @@ pub fn plan_desired(
     points: &[PointMap],
     desired: &Json,
     version: i64,
-    applied: &BTreeMap<String, i64>,
+    applied: &BTreeMap<String, (i64, Json)>,
 ) -> Vec<DesiredAction> {
     let Json::Object(doc) = desired else {
         return Vec::new();
@@ -237,7 +247,7 @@ pub fn plan_desired(
         // `gateway`: an acknowledgement there would overwrite the link health.
         if property.starts_with('$')
             || property == HEALTH_KEY
-            || applied.get(property).is_some_and(|&v| v >= version)
+            || applied.get(property).is_some_and(|(v, _)| *v >= version)
         {
             continue;
         }
@@ -258,6 +268,22 @@ pub fn plan_desired(
             continue;
         }
         match desired_value(&map.point, requested) {
+            // A new desired version that leaves this property's value as last written and
+            // acknowledged: acknowledge it at the new version without writing again.
+            Ok(value)
+                if applied.get(property).is_some_and(|(_, ack)| {
+                    Ack::parse(ack).is_ok_and(|ack| {
+                        ack.code == AckCode::Completed
+                            && Value::from_json(&ack.value)
+                                .is_some_and(|held| map.point.same_value(&value, &held))
+                    })
+                }) =>
+            {
+                actions.push(DesiredAction::Unchanged {
+                    property: property.clone(),
+                    requested: requested.clone(),
+                });
+            }
             Ok(value) => actions.push(DesiredAction::Write {
                 property: property.clone(),
                 point: map.point.name.clone(),
@@ -472,11 +498,23 @@ mod tests {
         assert!(
             matches!(&wrong[..], [DesiredAction::Refuse { reason, .. }] if reason.contains("number"))
         );
-        let applied = BTreeMap::from([("setpoint".to_owned(), 4)]);
+        let acked = json!({"value": 22.5, "ac": 200, "av": 4});
+        let applied = BTreeMap::from([("setpoint".to_owned(), (4, acked))]);
         assert!(
             plan_desired(&points, &json!({"setpoint": 22.5}), 4, &applied).is_empty(),
             "a version is written once"
         );
+        assert!(
+            matches!(
+                &plan_desired(&points, &json!({"setpoint": 22.5, "x": 1}), 5, &applied)[..],
+                [DesiredAction::Unchanged { property, .. }, DesiredAction::Refuse { .. }] if property == "setpoint"
+            ),
+            "an unchanged value is acknowledged at the new version, not written again"
+        );
+        assert!(matches!(
+            &plan_desired(&points, &json!({"setpoint": 23.0}), 5, &applied)[..],
+            [DesiredAction::Write { .. }]
+        ));
     }
 
     #[test]

@@ -332,13 +332,17 @@ async fn apply_desired(
     version: i64,
     stop: &CancellationToken,
 ) -> Result<(), BridgeError> {
-    let applied: BTreeMap<String, i64> = applied(handle, &device.device)
-        .await?
-        .into_iter()
-        .map(|(name, (v, _))| (name, v))
-        .collect();
+    let applied: BTreeMap<String, (i64, Json)> =
+        applied(handle, &device.device).await?.into_iter().collect();
     for action in mapping::plan_desired(&device.points, document, version, &applied) {
         let answer = match action {
+            DesiredAction::Unchanged {
+                property,
+                requested,
+            } => {
+                let ack = mapping::ack(requested, AckCode::Completed, version, None);
+                (property, ack)
+            }
             DesiredAction::Refuse {
                 property,
                 requested,

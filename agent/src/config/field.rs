@@ -804,7 +804,18 @@ fn point(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Parsed> {
         }
     };
     let (text, property_pos) = property.unwrap_or((name, name_pos));
-    let property = match property_path(text, point.writable) {
+    let writable_nested = |path: &Vec<String>| point.writable && path.len() > 1;
+    let property = match property_path(text, point.writable).and_then(|path| {
+        if writable_nested(&path) {
+            // Desired values and their acknowledgements live at the twin's top level (IoT Plug
+            // and Play writable properties): the bridge answers desired.<key> at reported.<key>.
+            Err(format!(
+                "expected a twin property path like \"power.active\", got {text:?}: a writable point maps to a top-level property (desired values and their acknowledgements live at the top level)"
+            ))
+        } else {
+            Ok(path)
+        }
+    }) {
         Ok(path) => path,
         Err(why) => {
             // A default path comes from the name: say so.
@@ -879,13 +890,6 @@ pub(super) fn property_path(text: &str, object_leaf: bool) -> Result<Vec<String>
     let keys: Vec<String> = rest.split('.').map(str::to_owned).collect();
     if keys.iter().any(String::is_empty) {
         return Err(expected("empty key (a dot at an end, or two in a row)"));
-    }
-    if object_leaf && keys.len() > 1 {
-        // Desired values and their acknowledgements live at the twin's top level (IoT Plug
-        // and Play writable properties): the bridge answers desired.<key> at reported.<key>.
-        return Err(expected(
-            "a writable point maps to a top-level property (desired values and their acknowledgements live at the top level)",
-        ));
     }
     if keys[0] == "gateway" {
         return Err(expected(

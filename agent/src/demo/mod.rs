@@ -102,7 +102,11 @@ pub async fn run(options: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(
         handle: runtime.handle(),
         devices,
     };
-    let result = scenario::play(&demo, &options, out).await;
+    // Ctrl-C at any point stops everything cleanly (runtime, hub, temporary files).
+    let result = tokio::select! {
+        result = scenario::play(&demo, &options, out) => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
     if result.is_ok() && !options.once {
         let _ = writeln!(
             out,
