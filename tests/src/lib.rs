@@ -195,6 +195,32 @@ impl TestHub {
         path
     }
 
+    /// The `[gateway]` and `[hub]` part of a `config.toml` for this emulator, as a technician
+    /// writes it from the docs (keys file written, short timeouts and backoff for tests);
+    /// `state_dir` as given (relative paths are relative to the config file's folder).
+    pub fn config_head(&self, gateway: &str, state_dir: &str) -> String {
+        format!(
+            r#"[gateway]
+id = "{gateway}"
+state_dir = "{state_dir}"
+
+[hub]
+host = "localhost"
+port = {port}
+ca_file = "{ca}"
+keys_file = "{keys}"
+request_timeout = "3s"
+
+[hub.backoff]
+initial = "50ms"
+max = "500ms"
+"#,
+            port = self.emu().mqtt_addr().port(),
+            ca = self.ca_file().display(),
+            keys = self.write_keys_file().display(),
+        )
+    }
+
     /// Link settings for this emulator over MQTT/TLS, with short timeouts for tests.
     pub fn link_settings(&self) -> LinkSettings {
         let mut link = LinkSettings::new("localhost");

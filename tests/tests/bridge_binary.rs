@@ -86,23 +86,10 @@ impl Site {
     /// The configuration, as the docs describe it: the temperature point reported under
     /// `temperature_property`, for the devices in `devices`.
     fn write_config(&mut self, temperature_property: &str, devices: &[(&str, &str, u8)]) {
-        let keys = self.hub.write_keys_file();
-        let mut text = format!(
-            r#"[gateway]
-id = "{GATEWAY}"
-state_dir = "state"
-
-[hub]
-host = "localhost"
-port = {port}
-ca_file = "{ca}"
-keys_file = "{keys}"
-request_timeout = "3s"
-
-[hub.backoff]
-initial = "50ms"
-max = "500ms"
-
+        let mut text = self.hub.config_head(GATEWAY, "state");
+        write!(
+            text,
+            r#"
 [[bus]]
 name = "line-a"
 port = "{line_a}"
@@ -120,13 +107,11 @@ name = "plc"
 tcp = "{plc}"
 timeout = "200ms"
 "#,
-            port = self.hub.emu().mqtt_addr().port(),
-            ca = self.hub.ca_file().display(),
-            keys = keys.display(),
             line_a = self.line_a.path().display(),
             line_b = self.line_b.path().display(),
             plc = self.plc.addr(),
-        );
+        )
+        .expect("writing to a String");
         for (id, bus, unit) in devices {
             write!(
                 text,

@@ -33,28 +33,7 @@ async fn start_hub() -> TestHub {
 fn write_config(hub: &TestHub) -> (PathBuf, PathBuf) {
     let state_dir = hub.dir().join("state");
     std::fs::create_dir(&state_dir).expect("state dir");
-    let keys = hub.write_keys_file();
-    let mut text = format!(
-        r#"[gateway]
-id = "{GATEWAY}"
-state_dir = "{state}"
-
-[hub]
-host = "localhost"
-port = {port}
-ca_file = "{ca}"
-keys_file = "{keys}"
-request_timeout = "3s"
-
-[hub.backoff]
-initial = "50ms"
-max = "500ms"
-"#,
-        state = state_dir.display(),
-        port = hub.emu().mqtt_addr().port(),
-        ca = hub.ca_file().display(),
-        keys = keys.display(),
-    );
+    let mut text = hub.config_head(GATEWAY, &state_dir.display().to_string());
     for device in devices() {
         write!(text, "\n[[device]]\nid = \"{device}\"\n").expect("writing to a String");
     }
