@@ -29,3 +29,27 @@ pub(crate) fn print_config_errors(
         path.display()
     );
 }
+
+/// Runs `future` on a tokio runtime made by `builder`; returns the exit code: 0 on `Ok`, 1
+/// with `"{what}: {error}"` on `err` otherwise (or when the runtime cannot start).
+pub(crate) fn block_on<E: std::fmt::Display>(
+    mut builder: tokio::runtime::Builder,
+    what: &str,
+    future: impl std::future::Future<Output = Result<(), E>>,
+    err: &mut dyn std::io::Write,
+) -> u8 {
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(err, "starting the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "{what}: {e}");
+            1
+        }
+    }
+}

@@ -117,24 +117,16 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
     let spec = runtime_spec(&checked);
     // One thread for the sessions and drivers is plenty (the store has its own), and keeps
     // the footprint small on a Pi.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = writeln!(err, "starting the async runtime: {e}");
-            return 1;
-        }
-    };
-    match runtime.block_on(run_until_signal(spec)) {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!(error = %e, "twinbridge stopped on an error");
-            let _ = writeln!(err, "twinbridge: {e}");
-            1
-        }
-    }
+    super::block_on(
+        tokio::runtime::Builder::new_current_thread(),
+        "twinbridge",
+        async move {
+            run_until_signal(spec).await.inspect_err(|e| {
+                tracing::error!(error = %e, "twinbridge stopped on an error");
+            })
+        },
+        err,
+    )
 }
 
 #[cfg(test)]
