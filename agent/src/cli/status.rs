@@ -1,0 +1,483 @@
+//! `twinbridge status [--json]`: one line per device identity — twin sync state, field link
+//! health, desired version and pending acks — read from the store **read-only** (safe while
+//! the agent runs: WAL lets this reader see a consistent snapshot without blocking the
+//! writer, and the writer lock is never taken).
+//!
+//! Everything shown is what the store holds. The hub link's connected state is not stored:
+//! the gateway twin shows it; "hub" here is the last `$version` the hub acknowledged.
+//!
+//! Building the report ([`build`]) and rendering it ([`render_table`], [`render_json`]) are
+//! pure functions; [`run`] does the IO.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::EX_CONFIG;
+use crate::config::Config;
+use crate::store::sync_state::reconcile;
+use crate::store::{DeviceSnapshot, ReadOnlyStore, StoreError, SyncState};
+
+/// `EX_UNAVAILABLE` from sysexits.h: the store does not exist (the agent has not run yet).
+pub const EX_UNAVAILABLE: u8 = 69;
+
+/// The whole status report (`--json` prints it as is; field names are stable).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// The store file read.
+    pub store: String,
+    /// Where the hub link state is (not in the store).
+    pub hub_link: &'static str,
+    /// Every identity of the configuration (the gateway first), then devices only in the store.
+    pub devices: Vec<DeviceStatus>,
+}
+
+/// Where a listed identity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The gateway's own identity.
+    Gateway,
+    /// A device of the configuration.
+    Device,
+    /// In the store but no longer in the configuration (`twinbridge forget` drops it).
+    Removed,
+}
+
+/// The status of one identity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    /// Identity (device id in the hub).
+    pub id: String,
+    /// Gateway, configured device, or removed from the configuration.
+    pub role: Role,
+    /// Whether the store has any state for it yet.
+    pub in_store: bool,
+    /// Reported-side sync state; `None` when not in the store.
+    pub sync: Option<SyncStatus>,
+    /// Field link health from the local reported `gateway` object, when the bridge wrote one.
+    pub link: Option<LinkHealth>,
+    /// Desired `$version` last received from the hub.
+    pub desired_version: Option<i64>,
+    /// Desired properties not yet acknowledged at the desired version, sorted.
+    pub acks_pending: Vec<String>,
+}
+
+/// Reported-side sync state of one identity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// The hub is known to hold exactly the local reported document, nothing pending.
+    pub in_sync: bool,
+    /// Top-level reported properties that still differ from what the hub may hold, sorted.
+    pub unsynced: Vec<String>,
+    /// A patch is sent and not yet answered.
+    pub in_flight: bool,
+    /// Documents the hub might hold besides the known one (unanswered patches).
+    pub unknown_outcomes: usize,
+    /// Sending waits for a GET of the twin.
+    pub resync_needed: bool,
+    /// Reported `$version` the hub last acknowledged (or returned in a GET).
+    pub hub_version: Option<i64>,
+    /// Keys the hub rejected and that are held back, sorted.
+    pub quarantined: Vec<String>,
+    /// Rejections counted over the device's life.
+    pub rejections: u64,
+    /// The latest rejection.
+    pub last_rejection: Option<RejectionStatus>,
+    /// Every-change journal entries queued (0 in the default mode).
+    pub journal_entries: u64,
+    /// Every-change journal entries dropped for exceeding the bounds.
+    pub journal_dropped: u64,
+}
+
+/// The latest rejection of a reported patch (the patch itself is in `twin show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectionStatus {
+    /// Hub status code.
+    pub status: u16,
+    /// Why, as far as known.
+    pub reason: String,
+}
+
+/// The bridge's link-health object (`reported.gateway`), as stored; absent members are `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkHealth {
+    /// Answers with data.
+    pub online: Option<bool>,
+    /// `online`, `faulted`, `offline` or `unknown`.
+    pub status: Option<String>,
+    /// Time of the last good read (RFC 3339).
+    pub last_good_read: Option<String>,
+    /// The last error while not online.
+    pub last_error: Option<String>,
+    /// Failed polls in a row.
+    pub consecutive_errors: Option<u64>,
+}
+
+/// Top-level keys of the patch that would turn every document the hub might hold into
+/// `local` (quarantined keys included: they are unsynced too).
+pub fn unsynced_keys(sync: &SyncState) -> Vec<String> {
+    let mut bases = vec![&sync.hub_reported];
+    bases.extend(sync.alternatives.iter());
+    let mut keys: Vec<String> = match reconcile(&bases, &sync.local) {
+        Value::Object(map) => map.into_iter().map(|(k, _)| k).collect(),
+        _ => Vec::new(),
+    };
+    keys.sort();
+    keys
+}
+
+/// Desired top-level properties whose applied version is below the desired version.
+pub fn acks_pending(snapshot: &DeviceSnapshot) -> Vec<String> {
+    let Some(version) = snapshot.desired_version else {
+        return Vec::new();
+    };
+    let Value::Object(desired) = &snapshot.desired else {
+        return Vec::new();
+    };
+    let mut pending: Vec<String> = desired
+        .keys()
+        .filter(|key| !key.starts_with('$'))
+        .filter(|key| {
+            !snapshot
+                .properties
+                .iter()
+                .any(|p| &p.name == *key && p.applied_version >= version)
+        })
+        .cloned()
+        .collect();
+    pending.sort();
+    pending
+}
+
+/// The link-health object of a local reported document, if the bridge wrote one.
+pub fn link_health(local: &Value) -> Option<LinkHealth> {
+    let health = local.get("gateway")?.as_object()?;
+    let text = |key: &str| health.get(key).and_then(Value::as_str).map(str::to_owned);
+    Some(LinkHealth {
+        online: health.get("online").and_then(Value::as_bool),
+        status: text("status"),
+        last_good_read: text("lastGoodRead"),
+        last_error: text("lastError"),
+        consecutive_errors: health.get("consecutiveErrors").and_then(Value::as_u64),
+    })
+}
+
+/// The status of one identity from its snapshot (`None`: not in the store yet).
+pub fn device_status(id: &str, role: Role, snapshot: Option<&DeviceSnapshot>) -> DeviceStatus {
+    let Some(snapshot) = snapshot else {
+        return DeviceStatus {
+            id: id.to_owned(),
+            role,
+            in_store: false,
+            sync: None,
+            link: None,
+            desired_version: None,
+            acks_pending: Vec::new(),
+        };
+    };
+    let sync = &snapshot.sync;
+    DeviceStatus {
+        id: id.to_owned(),
+        role,
+        in_store: true,
+        sync: Some(SyncStatus {
+            in_sync: sync.converged(),
+            unsynced: unsynced_keys(sync),
+            in_flight: sync.in_flight.is_some(),
+            unknown_outcomes: sync.alternatives.len(),
+            resync_needed: sync.resync_needed,
+            hub_version: sync.hub_version,
+            quarantined: sync.quarantined.keys().cloned().collect(),
+            rejections: sync.rejections,
+            last_rejection: sync.last_rejection.as_ref().map(|r| RejectionStatus {
+                status: r.status,
+                reason: r.reason.clone(),
+            }),
+            journal_entries: snapshot.journal_stats.entries,
+            journal_dropped: snapshot.journal_stats.dropped,
+        }),
+        link: link_health(&sync.local),
+        desired_version: snapshot.desired_version,
+        acks_pending: acks_pending(snapshot),
+    }
+}
+
+/// Builds the report: every identity of `config` (gateway first, in configuration order),
+/// then the identities only in the store (`stored`, sorted) as [`Role::Removed`].
+/// `snapshot` looks an identity up in the store.
+pub fn build(
+    config: &Config,
+    store: &Path,
+    stored: &[String],
+    mut snapshot: impl FnMut(&str) -> Result<Option<DeviceSnapshot>, StoreError>,
+) -> Result<Report, StoreError> {
+    let mut devices = Vec::new();
+    for (i, id) in config.identity_ids().enumerate() {
+        let role = if i == 0 { Role::Gateway } else { Role::Device };
+        devices.push(device_status(id, role, snapshot(id)?.as_ref()));
+    }
+    let configured: Vec<&str> = config.identity_ids().collect();
+    for id in stored
+        .iter()
+        .filter(|id| !configured.contains(&id.as_str()))
+    {
+        devices.push(device_status(id, Role::Removed, snapshot(id)?.as_ref()));
+    }
+    Ok(Report {
+        store: store.display().to_string(),
+        hub_link: "not in the store: see the gateway twin and journalctl -u twinbridge",
+        devices,
+    })
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The LINK cell: field link health in a few words.
+fn link_cell(device: &DeviceStatus) -> String {
+    match &device.link {
+        None if device.role == Role::Gateway => "-".to_owned(),
+        None => "no reading yet".to_owned(),
+        Some(link) => {
+            let status = link.status.clone().unwrap_or_else(|| {
+                match link.online {
+                    Some(true) => "online",
+                    Some(false) => "offline",
+                    None => "unknown",
+                }
+                .to_owned()
+            });
+            match link.consecutive_errors {
+                Some(n) if n > 0 => format!(
+                    "{status} ({})",
+                    plural(usize::try_from(n).unwrap_or(usize::MAX), "error")
+                ),
+                _ => status,
+            }
+        }
+    }
+}
+
+/// The SYNC cell: in sync, or how many properties are unsynced and why they wait.
+fn sync_cell(sync: &SyncStatus) -> String {
+    if sync.in_sync {
+        return "in sync".to_owned();
+    }
+    let mut text = if sync.unsynced.is_empty() {
+        "settling".to_owned()
+    } else {
+        format!("{} unsynced", sync.unsynced.len())
+    };
+    let mut notes = Vec::new();
+    if sync.in_flight {
+        notes.push("sending".to_owned());
+    }
+    if sync.unknown_outcomes > 0 {
+        notes.push("outcome unknown".to_owned());
+    }
+    if sync.resync_needed {
+        notes.push("waiting for a GET".to_owned());
+    }
+    if !sync.quarantined.is_empty() {
+        notes.push(format!("{} quarantined", sync.quarantined.len()));
+    }
+    if sync.journal_entries > 0 {
+        notes.push(format!("{} queued", sync.journal_entries));
+    }
+    if !notes.is_empty() {
+        text = format!("{text} ({})", notes.join(", "));
+    }
+    text
+}
+
+/// The cells of one table row (DEVICE, LINK, SYNC, HUB, DESIRED, ACKS).
+fn row(device: &DeviceStatus) -> [String; 6] {
+    let id = device.id.clone();
+    if device.role == Role::Removed {
+        return [
+            id.clone(),
+            format!("removed (twinbridge forget {id})"),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ];
+    }
+    let Some(sync) = &device.sync else {
+        return [
+            id,
+            "-".to_owned(),
+            "no state yet".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+        ];
+    };
+    let version = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| format!("v{v}"));
+    let acks = if device.acks_pending.is_empty() {
+        "-".to_owned()
+    } else {
+        format!(
+            "{} pending ({})",
+            device.acks_pending.len(),
+            device.acks_pending.join(", ")
+        )
+    };
+    [
+        id,
+        link_cell(device),
+        sync_cell(sync),
+        version(sync.hub_version),
+        version(device.desired_version),
+        acks,
+    ]
+}
+
+/// The error line under a row, if there is anything wrong to explain.
+fn error_line(device: &DeviceStatus) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(link) = device.link.as_ref().filter(|l| l.online != Some(true)) {
+        if let Some(error) = &link.last_error {
+            parts.push(format!("link: {error}"));
+        }
+        if let Some(at) = &link.last_good_read {
+            parts.push(format!("last good read {at}"));
+        }
+    }
+    if let Some(sync) = &device.sync {
+        if !sync.quarantined.is_empty() {
+            parts.push(format!("held back: {}", sync.quarantined.join(", ")));
+        }
+        if let Some(rejection) = sync.last_rejection.as_ref().filter(|_| !sync.in_sync) {
+            parts.push(format!(
+                "hub rejected a patch: {} {}",
+                rejection.status, rejection.reason
+            ));
+        }
+        if sync.journal_dropped > 0 {
+            parts.push(format!(
+                "{} dropped from the history",
+                plural(
+                    usize::try_from(sync.journal_dropped).unwrap_or(usize::MAX),
+                    "change"
+                )
+            ));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The table for humans: aligned columns, one line per identity, a second (indented) line
+/// only for errors.
+pub fn render_table(report: &Report) -> String {
+    const HEADER: [&str; 6] = ["DEVICE", "LINK", "SYNC", "HUB", "DESIRED", "ACKS"];
+    let rows: Vec<[String; 6]> = report.devices.iter().map(row).collect();
+    let mut widths = HEADER.map(str::len);
+    for (r, device) in rows.iter().zip(&report.devices) {
+        // A removed device's long LINK cell runs on; it must not widen the column.
+        let cells = if device.role == Role::Removed { 1 } else { 6 };
+        for (width, cell) in widths.iter_mut().zip(r).take(cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            if i + 1 < cells.len() {
+                let pad = width.saturating_sub(cell.chars().count());
+                text.push_str(&" ".repeat(pad));
+            }
+        }
+        text.trim_end().to_owned()
+    };
+    let mut out = format!("store: {}\nhub link: {}\n", report.store, report.hub_link);
+    out.push_str(&line(&HEADER.map(str::to_owned)));
+    out.push('\n');
+    for (r, device) in rows.iter().zip(&report.devices) {
+        out.push_str(&line(r));
+        out.push('\n');
+        if let Some(error) = error_line(device) {
+            out.push_str("    ");
+            out.push_str(&error);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The report as pretty JSON (stable camelCase field names), newline-terminated.
+pub fn render_json(report: &impl Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(report)
+        .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()));
+    text.push('\n');
+    text
+}
+
+/// Loads the configuration and opens its store read-only, or prints why not and returns the
+/// exit code: [`EX_CONFIG`] for an invalid configuration, [`EX_UNAVAILABLE`] for a missing
+/// store, 1 for any other store error.
+pub(crate) fn open(config_path: &Path, err: &mut dyn Write) -> Result<(Config, ReadOnlyStore), u8> {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            super::print_config_errors(err, &errors, config_path, "");
+            return Err(EX_CONFIG);
+        }
+    };
+    let path = config.store_path();
+    match ReadOnlyStore::open(&path) {
+        Ok(store) => Ok((config, store)),
+        Err(StoreError::MissingFile { .. }) => {
+            let _ = writeln!(
+                err,
+                "no state yet at {}: has the service run? (systemctl status twinbridge)",
+                path.display()
+            );
+            Err(EX_UNAVAILABLE)
+        }
+        Err(e) => {
+            let _ = writeln!(err, "{e}");
+            Err(1)
+        }
+    }
+}
+
+/// Runs `status`; returns the exit code: 0 shown, [`EX_CONFIG`] invalid configuration,
+/// [`EX_UNAVAILABLE`] no store yet, 1 the store could not be read.
+pub fn run(config_path: &Path, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let (config, store) = match open(config_path, err) {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let report = store
+        .devices()
+        .and_then(|stored| build(&config, store.path(), &stored, |id| store.snapshot(id)));
+    match report {
+        Ok(report) => {
+            let text = if json {
+                render_json(&report)
+            } else {
+                render_table(&report)
+            };
+            let _ = out.write_all(text.as_bytes());
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "{e}");
+            1
+        }
+    }
+}
