@@ -481,3 +481,134 @@ pub fn run(config_path: &Path, json: bool, out: &mut dyn Write, err: &mut dyn Wr
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{JournalStats, PropertyState, Rejection};
+
+    fn snapshot(device: &str, sync: SyncState) -> DeviceSnapshot {
+        DeviceSnapshot {
+            device: device.to_owned(),
+            history: None,
+            sync,
+            desired: json!({}),
+            desired_version: None,
+            properties: Vec::new(),
+            journal_stats: JournalStats::default(),
+            journal: Vec::new(),
+        }
+    }
+
+    fn synced(local: Value, version: i64) -> SyncState {
+        let mut sync = SyncState::new();
+        sync.local = local.clone();
+        sync.hub_reported = local;
+        sync.hub_version = Some(version);
+        sync
+    }
+
+    fn report() -> Report {
+        let gateway = snapshot("gw-1", synced(json!({"agent": "1.0"}), 2));
+        let mut meter = snapshot(
+            "meter-01",
+            synced(
+                json!({"power": 1, "gateway": {"online": false, "status": "offline",
+                    "consecutiveErrors": 3, "lastError": "timeout",
+                    "lastGoodRead": "2026-12-03T10:00:00Z"}}),
+                9,
+            ),
+        );
+        meter.sync.local["power"] = json!(2);
+        meter
+            .sync
+            .quarantined
+            .insert("bad key".to_owned(), json!(1));
+        meter.sync.local["bad key"] = json!(1);
+        meter.sync.last_rejection = Some(Rejection {
+            status: 400,
+            reason: "invalid key".to_owned(),
+            patch: json!({"bad key": 1}),
+        });
+        meter.desired = json!({"setpoint": 5, "mode": "eco"});
+        meter.desired_version = Some(4);
+        meter.properties = vec![
+            PropertyState {
+                name: "setpoint".to_owned(),
+                applied_version: 4,
+                ack: json!({"value": 5, "ac": 200, "av": 4}),
+            },
+            PropertyState {
+                name: "mode".to_owned(),
+                applied_version: 3,
+                ack: json!({"value": "off", "ac": 200, "av": 3}),
+            },
+        ];
+        let old = snapshot("old-7", synced(json!({}), 1));
+        Report {
+            store: "/var/lib/twinbridge/twinbridge.db".to_owned(),
+            hub_link: "see the gateway twin",
+            devices: vec![
+                device_status("gw-1", Role::Gateway, Some(&gateway)),
+                device_status("meter-01", Role::Device, Some(&meter)),
+                device_status("boiler-03", Role::Device, None),
+                device_status("old-7", Role::Removed, Some(&old)),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_table_aligns_columns_and_explains_errors_on_a_second_line() {
+        assert_eq!(
+            render_table(&report()),
+            "store: /var/lib/twinbridge/twinbridge.db\n\
+             hub link: see the gateway twin\n\
+             DEVICE     LINK                SYNC                        HUB  DESIRED  ACKS\n\
+             gw-1       -                   in sync                     v2   -        -\n\
+             meter-01   offline (3 errors)  2 unsynced (1 quarantined)  v9   v4       1 pending (mode)\n\
+             \x20   link: timeout; last good read 2026-12-03T10:00:00Z; held back: bad key; hub rejected a patch: 400 invalid key\n\
+             boiler-03  -                   no state yet                -    -        -\n\
+             old-7      removed (twinbridge forget old-7)\n"
+        );
+    }
+
+    #[test]
+    fn json_field_names_are_stable() {
+        let json: Value = serde_json::from_str(&render_json(&report())).expect("JSON");
+        let meter = &json["devices"][1];
+        assert_eq!(meter["role"], "device");
+        assert_eq!(meter["inStore"], true);
+        assert_eq!(meter["sync"]["inSync"], false);
+        assert_eq!(meter["sync"]["unsynced"], json!(["bad key", "power"]));
+        assert_eq!(meter["sync"]["quarantined"], json!(["bad key"]));
+        assert_eq!(meter["sync"]["lastRejection"]["status"], 400);
+        assert_eq!(meter["link"]["consecutiveErrors"], 3);
+        assert_eq!(meter["acksPending"], json!(["mode"]));
+        assert_eq!(json["devices"][2]["inStore"], false);
+        assert_eq!(json["devices"][3]["role"], "removed");
+        assert_eq!(json["hubLink"], "see the gateway twin");
+    }
+
+    #[test]
+    fn unknown_outcomes_count_every_document_the_hub_might_hold() {
+        let mut sync = synced(json!({"a": 1}), 3);
+        sync.alternatives.push(json!({"a": 2}));
+        assert_eq!(unsynced_keys(&sync), ["a"]);
+        let status = device_status("d", Role::Device, Some(&snapshot("d", sync)));
+        let sync = status.sync.expect("in store");
+        assert!(!sync.in_sync);
+        assert_eq!(sync.unknown_outcomes, 1);
+        assert_eq!(sync_cell(&sync), "1 unsynced (outcome unknown)");
+    }
+
+    #[test]
+    fn nothing_is_pending_without_a_desired_version() {
+        let mut snap = snapshot("d", SyncState::new());
+        snap.desired = json!({"x": 1});
+        assert!(acks_pending(&snap).is_empty());
+        snap.desired_version = Some(1);
+        assert_eq!(acks_pending(&snap), ["x"]);
+    }
+}

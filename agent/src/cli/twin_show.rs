@@ -211,3 +211,74 @@ pub fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{InFlight, JournalStats, PropertyState, SyncState};
+
+    fn snapshot() -> DeviceSnapshot {
+        let mut sync = SyncState::new();
+        sync.local = json!({"t": 2, "setpoint": {"value": 5, "ac": 200, "av": 4}});
+        sync.hub_reported = json!({"t": 1});
+        sync.hub_version = Some(8);
+        sync.in_flight = Some(InFlight {
+            request_id: "r9".to_owned(),
+            patch: json!({"t": 2}),
+            journal_seq: None,
+        });
+        DeviceSnapshot {
+            device: "boiler-03".to_owned(),
+            history: None,
+            sync,
+            desired: json!({"setpoint": 6}),
+            desired_version: Some(5),
+            properties: vec![PropertyState {
+                name: "setpoint".to_owned(),
+                applied_version: 4,
+                ack: json!({"value": 5, "ac": 200, "av": 4}),
+            }],
+            journal_stats: JournalStats::default(),
+            journal: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_view_holds_the_pending_diff_and_the_acks() {
+        let view = view(&snapshot());
+        assert_eq!(
+            view.pending,
+            json!({"t": 2, "setpoint": {"value": 5, "ac": 200, "av": 4}})
+        );
+        assert_eq!(view.in_flight, Some(json!({"t": 2})));
+        assert!(view.acks[0].pending);
+        let json: Value =
+            serde_json::from_str(&super::super::status::render_json(&view)).expect("JSON");
+        assert_eq!(json["hubVersion"], 8);
+        assert_eq!(json["acks"][0]["appliedVersion"], 4);
+        assert_eq!(json["quarantined"], json!({}));
+    }
+
+    #[test]
+    fn the_text_has_a_titled_section_per_part() {
+        let text = render_text(&view(&snapshot()));
+        assert!(
+            text.starts_with("device: boiler-03\nlocal reported:\n  {\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hub holds ($version 8):\n  {\n    \"t\": 1\n  }\n"),
+            "{text}"
+        );
+        assert!(text.contains("pending (to send):\n"), "{text}");
+        assert!(text.contains("in flight (sent, not answered):\n"), "{text}");
+        assert!(text.contains("desired ($version 5):\n"), "{text}");
+        assert!(
+            text.contains("  setpoint: applied v4 (newer desired pending): {\"ac\":200"),
+            "{text}"
+        );
+        assert!(!text.contains("quarantined"), "{text}");
+    }
+}

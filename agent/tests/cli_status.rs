@@ -1,0 +1,232 @@
+//! `twinbridge status` and `twinbridge twin show` through the real binary, against a store
+//! written here with `twinbridge::store::Store`: JSON fields, the table, the removed device,
+//! the missing store (exit 69) and an invalid configuration (exit 78).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+use twinbridge::store::{DesiredUpdate, Store, StoreOptions};
+
+fn twinbridge() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twinbridge"));
+    cmd.env_remove("TWINBRIDGE_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY");
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("UTF-8 output")
+}
+
+/// A configuration with the gateway and two devices, its store in `<dir>/state`.
+fn config(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("state")).expect("state dir");
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        r#"
+[gateway]
+id = "gw-1"
+state_dir = "state"
+
+[hub]
+host = "127.0.0.1"
+
+[[device]]
+id = "meter-01"
+
+[[device]]
+id = "boiler-03"
+"#,
+    )
+    .expect("writing config");
+    path
+}
+
+/// Fills the store: `meter-01` in sync, offline; `boiler-03` with an unsynced value, a
+/// quarantined key, a desired document with one ack done and one pending; `old-07` only in
+/// the store.
+fn fill_store(path: &Path) {
+    let store = Store::open(path, StoreOptions::default()).expect("opening the store");
+    for device in ["gw-1", "meter-01", "boiler-03", "old-07"] {
+        store
+            .configure_device(device, None)
+            .wait()
+            .expect("configure");
+    }
+    let health = json!({"gateway": {"id": "gw-1", "online": false, "status": "offline",
+        "consecutiveErrors": 3, "lastError": "timeout", "lastGoodRead": "2026-12-03T10:00:00Z"}});
+    let mut meter = json!({"power": 12.5});
+    meter
+        .as_object_mut()
+        .expect("object")
+        .extend(health.as_object().expect("object").clone());
+    store.merge_local("meter-01", meter).wait().expect("merge");
+    let sent = store.begin_send("meter-01", "r1").wait().expect("send");
+    assert!(sent.is_some());
+    assert!(store.acked("meter-01", "r1", 7).wait().expect("ack"));
+
+    store
+        .merge_local("boiler-03", json!({"temperature": 21.5}))
+        .wait()
+        .expect("merge");
+    store.begin_send("boiler-03", "r2").wait().expect("send");
+    store.acked("boiler-03", "r2", 3).wait().expect("ack");
+    store
+        .merge_local("boiler-03", json!({"bad key": 1}))
+        .wait()
+        .expect("merge");
+    store.begin_send("boiler-03", "r3").wait().expect("send");
+    store
+        .rejected("boiler-03", "r3", 400, "invalid property name")
+        .wait()
+        .expect("reject");
+    store
+        .desired_received(
+            "boiler-03",
+            DesiredUpdate::Full(json!({"setpoint": 55, "mode": "eco"})),
+            4,
+        )
+        .wait()
+        .expect("desired");
+    store
+        .applied_ack(
+            "boiler-03",
+            "setpoint",
+            4,
+            json!({"value": 55, "ac": 200, "av": 4, "ad": "written and read back"}),
+        )
+        .wait()
+        .expect("applied ack");
+    store.close().wait().expect("close");
+}
+
+fn run(config: &Path, args: &[&str]) -> Output {
+    twinbridge()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("running twinbridge")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn status_and_twin_show_read_a_real_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    fill_store(&dir.path().join("state/twinbridge.db"));
+
+    let status = json_of(&run(&config, &["status", "--json"]));
+    let devices = status["devices"].as_array().expect("devices");
+    let ids: Vec<_> = devices.iter().map(|d| d["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            Some("gw-1"),
+            Some("meter-01"),
+            Some("boiler-03"),
+            Some("old-07")
+        ]
+    );
+    let roles: Vec<_> = devices.iter().map(|d| d["role"].as_str()).collect();
+    assert_eq!(
+        roles,
+        [
+            Some("gateway"),
+            Some("device"),
+            Some("device"),
+            Some("removed")
+        ]
+    );
+
+    let meter = &devices[1];
+    assert_eq!(meter["sync"]["inSync"], true);
+    assert_eq!(meter["sync"]["hubVersion"], 7);
+    assert_eq!(meter["sync"]["unsynced"], json!([]));
+    assert_eq!(
+        meter["link"],
+        json!({"online": false, "status": "offline", "lastGoodRead": "2026-12-03T10:00:00Z",
+               "lastError": "timeout", "consecutiveErrors": 3})
+    );
+
+    let boiler = &devices[2];
+    assert_eq!(boiler["sync"]["inSync"], false);
+    // The ack went into `local` after the last PATCH: not sent yet either.
+    assert_eq!(boiler["sync"]["unsynced"], json!(["bad key", "setpoint"]));
+    assert_eq!(boiler["sync"]["quarantined"], json!(["bad key"]));
+    assert_eq!(boiler["sync"]["hubVersion"], 3);
+    assert_eq!(boiler["sync"]["lastRejection"]["status"], 400);
+    assert_eq!(boiler["desiredVersion"], 4);
+    assert_eq!(boiler["acksPending"], json!(["mode"]));
+    assert_eq!(boiler["link"], Value::Null);
+
+    // The table: a line per device, the removed one pointing at `forget`, errors indented.
+    let table = run(&config, &["status"]);
+    assert_eq!(table.status.code(), Some(0));
+    let table = text(&table.stdout);
+    assert!(
+        table.contains("removed (twinbridge forget old-07)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("    link: timeout; last good read"),
+        "{table}"
+    );
+    assert!(table.contains("1 pending (mode)"), "{table}");
+    assert!(table.contains("held back: bad key"), "{table}");
+
+    let twin = json_of(&run(&config, &["twin", "show", "boiler-03", "--json"]));
+    assert_eq!(twin["device"], "boiler-03");
+    assert_eq!(twin["hubReported"], json!({"temperature": 21.5}));
+    assert_eq!(twin["hubVersion"], 3);
+    assert_eq!(
+        twin["pending"],
+        json!({"bad key": 1, "setpoint": {"value": 55, "ac": 200, "av": 4, "ad": "written and read back"}})
+    );
+    assert_eq!(twin["quarantined"], json!({"bad key": 1}));
+    assert_eq!(twin["desired"], json!({"setpoint": 55, "mode": "eco"}));
+    assert_eq!(twin["desiredVersion"], 4);
+    assert_eq!(twin["local"]["setpoint"]["ac"], 200);
+    assert_eq!(twin["acks"][0]["property"], "setpoint");
+    assert_eq!(twin["acks"][0]["appliedVersion"], 4);
+    assert_eq!(twin["acks"][0]["pending"], false);
+
+    let unknown = run(&config, &["twin", "show", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("not in the store"));
+}
+
+#[test]
+fn a_missing_store_exits_69_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    for args in [&["status"][..], &["twin", "show", "meter-01"]] {
+        let out = run(&config, args);
+        assert_eq!(out.status.code(), Some(69));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "no state yet at {}: has the service run?",
+                dir.path().join("state/twinbridge.db").display()
+            )),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn an_invalid_configuration_exits_78() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[gateway]\ncolour = 1\n").expect("writing config");
+    let out = run(&config, &["status"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out.stderr).contains("colour"));
+}
