@@ -19,7 +19,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).expect("UTF-8 output")
 }
 
-/// A configuration with the gateway and two devices, its store in `<dir>/state`.
+/// A configuration with the gateway, an identity-only device and a Modbus device with
+/// writable points, its store in `<dir>/state`.
 fn config(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("state")).expect("state dir");
     let path = dir.join("config.toml");
@@ -33,11 +34,22 @@ state_dir = "state"
 [hub]
 host = "127.0.0.1"
 
+[[bus]]
+name = "rs485-a"
+port = "/dev/ttyUSB0"
+
 [[device]]
 id = "meter-01"
 
 [[device]]
 id = "boiler-03"
+bus = "rs485-a"
+unit = 7
+points = [
+  { name = "temperature", table = "input", address = 0, type = "i16", scale = 0.1 },
+  { name = "setpoint", table = "holding", address = 100, type = "u16", writable = true },
+  { name = "mode", table = "holding", address = 101, type = "u16", writable = true },
+]
 "#,
     )
     .expect("writing config");
@@ -163,6 +175,7 @@ fn status_and_twin_show_read_a_real_store() {
     assert_eq!(boiler["sync"]["hubVersion"], 3);
     assert_eq!(boiler["sync"]["lastRejection"]["status"], 400);
     assert_eq!(boiler["desiredVersion"], 4);
+    assert_eq!(boiler["appliesDesired"], true);
     assert_eq!(boiler["acksPending"], json!(["mode"]));
     assert_eq!(boiler["link"], Value::Null);
 
@@ -180,6 +193,7 @@ fn status_and_twin_show_read_a_real_store() {
     );
     assert!(table.contains("1 pending (mode)"), "{table}");
     assert!(table.contains("held back: bad key"), "{table}");
+    assert!(table.contains("2 unsynced (1 quarantined)"), "{table}");
 
     let twin = json_of(&run(&config, &["twin", "show", "boiler-03", "--json"]));
     assert_eq!(twin["device"], "boiler-03");

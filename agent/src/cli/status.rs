@@ -63,7 +63,11 @@ pub struct DeviceStatus {
     pub link: Option<LinkHealth>,
     /// Desired `$version` last received from the hub.
     pub desired_version: Option<i64>,
-    /// Desired properties not yet acknowledged at the desired version, sorted.
+    /// Whether a field or line device applies its desired properties (false for the gateway,
+    /// a device without a field side, and a removed device: nothing acks them).
+    pub applies_desired: bool,
+    /// Desired properties not yet acknowledged at the desired version, sorted (always empty
+    /// when `appliesDesired` is false).
     pub acks_pending: Vec<String>,
 }
 
@@ -170,8 +174,14 @@ pub fn link_health(local: &Value) -> Option<LinkHealth> {
     })
 }
 
-/// The status of one identity from its snapshot (`None`: not in the store yet).
-pub fn device_status(id: &str, role: Role, snapshot: Option<&DeviceSnapshot>) -> DeviceStatus {
+/// The status of one identity from its snapshot (`None`: not in the store yet);
+/// `applies_desired`: a bridge writes its desired properties to a device and acks them.
+pub fn device_status(
+    id: &str,
+    role: Role,
+    applies_desired: bool,
+    snapshot: Option<&DeviceSnapshot>,
+) -> DeviceStatus {
     let Some(snapshot) = snapshot else {
         return DeviceStatus {
             id: id.to_owned(),
@@ -180,6 +190,7 @@ pub fn device_status(id: &str, role: Role, snapshot: Option<&DeviceSnapshot>) ->
             sync: None,
             link: None,
             desired_version: None,
+            applies_desired,
             acks_pending: Vec::new(),
         };
     };
@@ -206,7 +217,12 @@ pub fn device_status(id: &str, role: Role, snapshot: Option<&DeviceSnapshot>) ->
         }),
         link: link_health(&sync.local),
         desired_version: snapshot.desired_version,
-        acks_pending: acks_pending(snapshot),
+        applies_desired,
+        acks_pending: if applies_desired {
+            acks_pending(snapshot)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -220,16 +236,34 @@ pub fn build(
     mut snapshot: impl FnMut(&str) -> Result<Option<DeviceSnapshot>, StoreError>,
 ) -> Result<Report, StoreError> {
     let mut devices = Vec::new();
-    for (i, id) in config.identity_ids().enumerate() {
-        let role = if i == 0 { Role::Gateway } else { Role::Device };
-        devices.push(device_status(id, role, snapshot(id)?.as_ref()));
+    let gateway = &config.gateway.id;
+    devices.push(device_status(
+        gateway,
+        Role::Gateway,
+        false,
+        snapshot(gateway)?.as_ref(),
+    ));
+    for device in &config.devices {
+        let bridged = device.field.is_some() || device.line.is_some();
+        let status = device_status(
+            &device.id,
+            Role::Device,
+            bridged,
+            snapshot(&device.id)?.as_ref(),
+        );
+        devices.push(status);
     }
     let configured: Vec<&str> = config.identity_ids().collect();
     for id in stored
         .iter()
         .filter(|id| !configured.contains(&id.as_str()))
     {
-        devices.push(device_status(id, Role::Removed, snapshot(id)?.as_ref()));
+        devices.push(device_status(
+            id,
+            Role::Removed,
+            false,
+            snapshot(id)?.as_ref(),
+        ));
     }
     Ok(Report {
         store: store.display().to_string(),
@@ -323,7 +357,9 @@ fn row(device: &DeviceStatus) -> [String; 6] {
         ];
     };
     let version = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| format!("v{v}"));
-    let acks = if device.acks_pending.is_empty() {
+    let acks = if !device.applies_desired {
+        "n/a".to_owned()
+    } else if device.acks_pending.is_empty() {
         "-".to_owned()
     } else {
         format!(
@@ -551,10 +587,10 @@ mod tests {
             store: "/var/lib/twinbridge/twinbridge.db".to_owned(),
             hub_link: "see the gateway twin",
             devices: vec![
-                device_status("gw-1", Role::Gateway, Some(&gateway)),
-                device_status("meter-01", Role::Device, Some(&meter)),
-                device_status("boiler-03", Role::Device, None),
-                device_status("old-7", Role::Removed, Some(&old)),
+                device_status("gw-1", Role::Gateway, false, Some(&gateway)),
+                device_status("meter-01", Role::Device, true, Some(&meter)),
+                device_status("boiler-03", Role::Device, true, None),
+                device_status("old-7", Role::Removed, false, Some(&old)),
             ],
         }
     }
@@ -566,7 +602,7 @@ mod tests {
             "store: /var/lib/twinbridge/twinbridge.db\n\
              hub link: see the gateway twin\n\
              DEVICE     LINK                SYNC                        HUB  DESIRED  ACKS\n\
-             gw-1       -                   in sync                     v2   -        -\n\
+             gw-1       -                   in sync                     v2   -        n/a\n\
              meter-01   offline (3 errors)  2 unsynced (1 quarantined)  v9   v4       1 pending (mode)\n\
              \x20   link: timeout; last good read 2026-12-03T10:00:00Z; held back: bad key; hub rejected a patch: 400 invalid key\n\
              boiler-03  -                   no state yet                -    -        -\n\
@@ -596,7 +632,7 @@ mod tests {
         let mut sync = synced(json!({"a": 1}), 3);
         sync.alternatives.push(json!({"a": 2}));
         assert_eq!(unsynced_keys(&sync), ["a"]);
-        let status = device_status("d", Role::Device, Some(&snapshot("d", sync)));
+        let status = device_status("d", Role::Device, true, Some(&snapshot("d", sync)));
         let sync = status.sync.expect("in store");
         assert!(!sync.in_sync);
         assert_eq!(sync.unknown_outcomes, 1);
