@@ -244,3 +244,26 @@ fn an_invalid_configuration_exits_78() {
     assert_eq!(out.status.code(), Some(78));
     assert!(text(&out.stderr).contains("colour"));
 }
+
+#[test]
+fn a_state_directory_this_user_may_not_enter_is_not_called_missing() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    let state = dir.path().join("state");
+    fill_store(&state.join("twinbridge.db"));
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let readable = std::fs::read_dir(&state).is_ok(); // root reads anything
+    let out = run(&config, &["status"]);
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    if readable {
+        assert_eq!(out.status.code(), Some(0));
+        return;
+    }
+    assert_eq!(out.status.code(), Some(77));
+    assert!(
+        text(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+}

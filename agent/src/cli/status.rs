@@ -23,6 +23,9 @@ use crate::store::{DeviceSnapshot, ReadOnlyStore, StoreError, SyncState};
 /// `EX_UNAVAILABLE` from sysexits.h: the store does not exist (the agent has not run yet).
 pub const EX_UNAVAILABLE: u8 = 69;
 
+/// `EX_NOPERM` from sysexits.h: the store exists but this user may not read it.
+pub const EX_NOPERM: u8 = 77;
+
 /// The whole status report (`--json` prints it as is; field names are stable).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -464,7 +467,7 @@ pub fn render_json(report: &impl Serialize) -> String {
 
 /// Loads the configuration and opens its store read-only, or prints why not and returns the
 /// exit code: [`EX_CONFIG`] for an invalid configuration, [`EX_UNAVAILABLE`] for a missing
-/// store, 1 for any other store error.
+/// store, [`EX_NOPERM`] for a store this user may not read, 1 for any other store error.
 pub(crate) fn open(config_path: &Path, err: &mut dyn Write) -> Result<(Config, ReadOnlyStore), u8> {
     let config = match Config::load(config_path) {
         Ok(config) => config,
@@ -476,6 +479,19 @@ pub(crate) fn open(config_path: &Path, err: &mut dyn Write) -> Result<(Config, R
     let path = config.store_path();
     match ReadOnlyStore::open(&path) {
         Ok(store) => Ok((config, store)),
+        // A state directory this user may not enter looks like a missing file to the store.
+        Err(StoreError::MissingFile { .. })
+            if std::fs::metadata(&path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied) =>
+        {
+            let _ = writeln!(
+                err,
+                "cannot read {}: permission denied (run it as root or as the service user: \
+                 sudo twinbridge status)",
+                path.display()
+            );
+            Err(EX_NOPERM)
+        }
         Err(StoreError::MissingFile { .. }) => {
             let _ = writeln!(
                 err,
@@ -492,7 +508,8 @@ pub(crate) fn open(config_path: &Path, err: &mut dyn Write) -> Result<(Config, R
 }
 
 /// Runs `status`; returns the exit code: 0 shown, [`EX_CONFIG`] invalid configuration,
-/// [`EX_UNAVAILABLE`] no store yet, 1 the store could not be read.
+/// [`EX_UNAVAILABLE`] no store yet, [`EX_NOPERM`] not readable by this user, 1 the store could
+/// not be read.
 pub fn run(config_path: &Path, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let (config, store) = match open(config_path, err) {
         Ok(opened) => opened,
