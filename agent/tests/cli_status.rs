@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-use twinbridge::store::{DesiredUpdate, Store, StoreOptions};
+use std::time::{Duration, SystemTime};
+
+use twinbridge::store::{DesiredUpdate, HistoryLimits, Store, StoreOptions};
 
 fn twinbridge() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_twinbridge"));
@@ -56,16 +58,31 @@ points = [
     path
 }
 
-/// Fills the store: `meter-01` in sync, offline; `boiler-03` with an unsynced value, a
+/// Fills the store: `gw-1` with two changes queued (every-change mode); `meter-01` in sync, offline; `boiler-03` with an unsynced value, a
 /// quarantined key, a desired document with one ack done and one pending; `old-07` only in
 /// the store.
 fn fill_store(path: &Path) {
     let store = Store::open(path, StoreOptions::default()).expect("opening the store");
-    for device in ["gw-1", "meter-01", "boiler-03", "old-07"] {
+    for device in ["meter-01", "boiler-03", "old-07"] {
         store
             .configure_device(device, None)
             .wait()
             .expect("configure");
+    }
+    // The gateway in every-change mode, two changes queued and never sent.
+    let limits = HistoryLimits {
+        max_bytes: 1 << 20,
+        max_age: Duration::from_hours(1),
+    };
+    store
+        .configure_device("gw-1", Some(limits))
+        .wait()
+        .expect("configure");
+    for n in 1..=2 {
+        store
+            .merge_local("gw-1", json!({"uptime": n}))
+            .wait()
+            .expect("merge");
     }
     let health = json!({"gateway": {"id": "gw-1", "online": false, "status": "offline",
         "consecutiveErrors": 3, "lastError": "timeout", "lastGoodRead": "2026-12-03T10:00:00Z"}});
@@ -157,6 +174,17 @@ fn status_and_twin_show_read_a_real_store() {
         ]
     );
 
+    let gateway = &devices[0]["sync"];
+    assert_eq!(gateway["inSync"], false);
+    assert_eq!(gateway["unsynced"], json!(["uptime"]));
+    assert_eq!(gateway["journalEntries"], 2);
+    let since = humantime::parse_rfc3339(gateway["queuedSince"].as_str().expect("a time"))
+        .expect("RFC 3339");
+    let age = SystemTime::now()
+        .duration_since(since)
+        .expect("in the past");
+    assert!(age < Duration::from_mins(10), "{age:?}");
+
     let meter = &devices[1];
     assert_eq!(meter["sync"]["inSync"], true);
     assert_eq!(meter["sync"]["hubVersion"], 7);
@@ -193,6 +221,7 @@ fn status_and_twin_show_read_a_real_store() {
     );
     assert!(table.contains("1 pending (mode)"), "{table}");
     assert!(table.contains("held back: bad key"), "{table}");
+    assert!(table.contains("1 unsynced (2 queued since "), "{table}");
     assert!(table.contains("2 unsynced (1 quarantined)"), "{table}");
 
     let twin = json_of(&run(&config, &["twin", "show", "boiler-03", "--json"]));

@@ -11,6 +11,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -98,6 +99,9 @@ pub struct SyncStatus {
     pub last_rejection: Option<RejectionStatus>,
     /// Every-change journal entries queued (0 in the default mode).
     pub journal_entries: u64,
+    /// When the oldest of them was queued (RFC 3339): how long the hub has been behind.
+    /// The default (latest-value) mode keeps no such time.
+    pub queued_since: Option<String>,
     /// Every-change journal entries dropped for exceeding the bounds.
     pub journal_dropped: u64,
 }
@@ -216,6 +220,7 @@ pub fn device_status(
                 reason: r.reason.clone(),
             }),
             journal_entries: snapshot.journal_stats.entries,
+            queued_since: None,
             journal_dropped: snapshot.journal_stats.dropped,
         }),
         link: link_health(&sync.local),
@@ -231,12 +236,14 @@ pub fn device_status(
 
 /// Builds the report: every identity of `config` (gateway first, in configuration order),
 /// then the identities only in the store (`stored`, sorted) as [`Role::Removed`].
-/// `snapshot` looks an identity up in the store.
+/// `snapshot` looks an identity up in the store, `oldest_queued` the time of its oldest
+/// queued every-change journal entry.
 pub fn build(
     config: &Config,
     store: &Path,
     stored: &[String],
     mut snapshot: impl FnMut(&str) -> Result<Option<DeviceSnapshot>, StoreError>,
+    mut oldest_queued: impl FnMut(&str) -> Result<Option<SystemTime>, StoreError>,
 ) -> Result<Report, StoreError> {
     let mut devices = Vec::new();
     let gateway = &config.gateway.id;
@@ -267,6 +274,12 @@ pub fn build(
             false,
             snapshot(id)?.as_ref(),
         ));
+    }
+    for device in &mut devices {
+        if let Some(sync) = device.sync.as_mut().filter(|s| s.journal_entries > 0) {
+            sync.queued_since = oldest_queued(&device.id)?
+                .map(|at| humantime::format_rfc3339_seconds(at).to_string());
+        }
     }
     Ok(Report {
         store: store.display().to_string(),
@@ -328,7 +341,10 @@ fn sync_cell(sync: &SyncStatus) -> String {
         notes.push(format!("{} quarantined", sync.quarantined.len()));
     }
     if sync.journal_entries > 0 {
-        notes.push(format!("{} queued", sync.journal_entries));
+        notes.push(match &sync.queued_since {
+            Some(at) => format!("{} queued since {at}", sync.journal_entries),
+            None => format!("{} queued", sync.journal_entries),
+        });
     }
     if !notes.is_empty() {
         text = format!("{text} ({})", notes.join(", "));
@@ -515,9 +531,15 @@ pub fn run(config_path: &Path, json: bool, out: &mut dyn Write, err: &mut dyn Wr
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let report = store
-        .devices()
-        .and_then(|stored| build(&config, store.path(), &stored, |id| store.snapshot(id)));
+    let report = store.devices().and_then(|stored| {
+        build(
+            &config,
+            store.path(),
+            &stored,
+            |id| store.snapshot(id),
+            |id| store.oldest_queued(id),
+        )
+    });
     match report {
         Ok(report) => {
             let text = if json {
