@@ -1,15 +1,17 @@
 //! `twinbridge status` and `twinbridge twin show` while the real `twinbridge run` holds the
 //! store: they read it read-only (never the writer lock), report what the agent synced, and
-//! the agent keeps running and stops cleanly afterwards.
+//! the agent keeps running and stops cleanly afterwards; with field devices, it shows which
+//! one is offline and why, and desired values acknowledged.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use device_protocols::sim::{SimMap, TcpSim, UnitMap};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::Value;
+use serde_json::{Value, json};
 use twinbridge::store::ReadOnlyStore;
 use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually};
 
@@ -131,5 +133,117 @@ async fn status_reads_the_store_while_the_agent_runs() {
         child.try_wait().expect("wait").is_none(),
         "agent still runs"
     );
+    assert!(terminate(child).await.success(), "clean exit on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_an_offline_device_and_acknowledged_desired_values() {
+    let hub = TestHub::start(&[GATEWAY, "plc-01", "ghost-09"]).await;
+    // Unit 1 answers; unit 9 is not there.
+    let plc = TcpSim::start(SimMap::new().with_unit(
+        1,
+        UnitMap::new().with_input(0, &[215]).with_holding(0, &[200]),
+    ))
+    .await
+    .expect("Modbus TCP simulated");
+    let state_dir = hub.dir().join("state");
+    std::fs::create_dir(&state_dir).expect("state dir");
+    let mut text = hub.config_head(GATEWAY, &state_dir.display().to_string());
+    write!(
+        text,
+        r#"
+[[bus]]
+name = "plc"
+tcp = "{addr}"
+timeout = "200ms"
+"#,
+        addr = plc.addr()
+    )
+    .expect("writing to a String");
+    for (id, unit) in [("plc-01", 1), ("ghost-09", 9)] {
+        write!(
+            text,
+            r#"
+[[device]]
+id = "{id}"
+bus = "plc"
+unit = {unit}
+poll = "200ms"
+points = [
+  {{ name = "temperature", table = "input", address = 0, type = "u16", scale = 0.1 }},
+  {{ name = "setpoint", table = "holding", address = 0, type = "u16", scale = 0.1, writable = true }},
+]
+"#
+        )
+        .expect("writing to a String");
+    }
+    let config = hub.dir().join("config.toml");
+    std::fs::write(&config, text).expect("config written");
+    let db = state_dir.join("twinbridge.db");
+
+    let child = Command::new(agent_binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("TWINBRIDGE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("twinbridge starts");
+
+    let version = hub.set_desired("plc-01", &json!({"setpoint": 22.5}));
+    let hub_ref = &hub;
+    eventually(
+        "the setpoint is acknowledged in the hub",
+        DEADLINE,
+        || async move { hub_ref.reported("plc-01").0["setpoint"]["av"] == json!(version) },
+    )
+    .await;
+    let status = |args: &'static [&'static str]| {
+        let config = config.clone();
+        async move {
+            let out = cli(&config, args);
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    let config_ref = &config;
+    eventually(
+        "status shows plc-01 online and ghost-09 not",
+        DEADLINE,
+        || async move {
+            let out = cli(config_ref, &["status", "--json"]);
+            let Ok(report) = serde_json::from_slice::<Value>(&out.stdout) else {
+                return false;
+            };
+            let plc = &report["devices"][1];
+            let ghost = &report["devices"][2];
+            plc["link"]["online"] == true
+                && plc["desiredVersion"] == json!(version)
+                && plc["acksPending"] == json!([])
+                && ghost["link"]["online"] == false
+                && ghost["link"]["lastError"].is_string()
+        },
+    )
+    .await;
+    let (code, table) = status(&["status"]).await;
+    assert_eq!(code, Some(0));
+    let ghost_line = table
+        .lines()
+        .skip_while(|l| !l.starts_with("ghost-09"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(ghost_line.starts_with("    link: "), "{table}");
+
+    let (code, twin) = status(&["twin", "show", "plc-01", "--json"]).await;
+    assert_eq!(code, Some(0));
+    let twin: Value = serde_json::from_str(&twin).expect("JSON");
+    assert_eq!(twin["desired"]["setpoint"], 22.5);
+    assert_eq!(twin["acks"][0]["property"], "setpoint");
+    assert_eq!(twin["acks"][0]["appliedVersion"], json!(version));
+    assert_eq!(twin["acks"][0]["ack"]["ac"], 200);
+    assert!(db.exists());
     assert!(terminate(child).await.success(), "clean exit on SIGTERM");
 }
