@@ -136,16 +136,9 @@ async fn status_reads_the_store_while_the_agent_runs() {
     assert!(terminate(child).await.success(), "clean exit on SIGTERM");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_shows_an_offline_device_and_acknowledged_desired_values() {
-    let hub = TestHub::start(&[GATEWAY, "plc-01", "ghost-09"]).await;
-    // Unit 1 answers; unit 9 is not there.
-    let plc = TcpSim::start(SimMap::new().with_unit(
-        1,
-        UnitMap::new().with_input(0, &[215]).with_holding(0, &[200]),
-    ))
-    .await
-    .expect("Modbus TCP simulated");
+/// Writes `config.toml` with `plc-01` (unit 1 of `plc`) and `ghost-09` (unit 9, absent), each
+/// with a temperature and a writable setpoint; returns it and the store it names.
+fn write_field_config(hub: &TestHub, plc: &TcpSim) -> (PathBuf, PathBuf) {
     let state_dir = hub.dir().join("state");
     std::fs::create_dir(&state_dir).expect("state dir");
     let mut text = hub.config_head(GATEWAY, &state_dir.display().to_string());
@@ -179,7 +172,20 @@ points = [
     }
     let config = hub.dir().join("config.toml");
     std::fs::write(&config, text).expect("config written");
-    let db = state_dir.join("twinbridge.db");
+    (config, state_dir.join("twinbridge.db"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_an_offline_device_and_acknowledged_desired_values() {
+    let hub = TestHub::start(&[GATEWAY, "plc-01", "ghost-09"]).await;
+    // Unit 1 answers; unit 9 is not there.
+    let plc = TcpSim::start(SimMap::new().with_unit(
+        1,
+        UnitMap::new().with_input(0, &[215]).with_holding(0, &[200]),
+    ))
+    .await
+    .expect("Modbus TCP simulated");
+    let (config, db) = write_field_config(&hub, &plc);
 
     let child = Command::new(agent_binary())
         .args(["run", "--config"])
@@ -199,15 +205,12 @@ points = [
         || async move { hub_ref.reported("plc-01").0["setpoint"]["av"] == json!(version) },
     )
     .await;
-    let status = |args: &'static [&'static str]| {
-        let config = config.clone();
-        async move {
-            let out = cli(&config, args);
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-            )
-        }
+    let status = |args: &[&str]| {
+        let out = cli(&config, args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let config_ref = &config;
     eventually(
@@ -228,7 +231,7 @@ points = [
         },
     )
     .await;
-    let (code, table) = status(&["status"]).await;
+    let (code, table) = status(&["status"]);
     assert_eq!(code, Some(0));
     let ghost_line = table
         .lines()
@@ -237,7 +240,7 @@ points = [
         .unwrap_or_default();
     assert!(ghost_line.starts_with("    link: "), "{table}");
 
-    let (code, twin) = status(&["twin", "show", "plc-01", "--json"]).await;
+    let (code, twin) = status(&["twin", "show", "plc-01", "--json"]);
     assert_eq!(code, Some(0));
     let twin: Value = serde_json::from_str(&twin).expect("JSON");
     assert_eq!(twin["desired"]["setpoint"], 22.5);
