@@ -296,3 +296,26 @@ fn a_state_directory_this_user_may_not_enter_is_not_called_missing() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn every_subcommand_help_shows_an_example() {
+    for args in [
+        &["run"][..],
+        &["status"],
+        &["twin"],
+        &["twin", "show"],
+        &["forget"],
+        &["check-config"],
+        &["demo"],
+    ] {
+        let out = twinbridge()
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("running twinbridge");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = text(&out.stdout);
+        assert!(help.contains("Example"), "{args:?}: {help}");
+        assert!(help.contains("  twinbridge "), "{args:?}: {help}");
+    }
+}
