@@ -64,7 +64,7 @@ enum Command {
     /// Delete what the store keeps about a device removed from the configuration (its rows
     /// stay until then). The agent must be stopped.
     #[command(
-        after_help = "Example:\n  systemctl stop twinbridge && twinbridge forget old-meter-07 && systemctl start twinbridge"
+        after_help = "Example (with the agent stopped):\n  systemctl stop twinbridge\n  twinbridge forget old-meter-07\n  systemctl start twinbridge"
     )]
     Forget {
         /// The device id.
