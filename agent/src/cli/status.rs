@@ -67,8 +67,9 @@ pub struct DeviceStatus {
     pub link: Option<LinkHealth>,
     /// Desired `$version` last received from the hub.
     pub desired_version: Option<i64>,
-    /// Whether a field or line device applies its desired properties (false for the gateway,
-    /// a device without a field side, and a removed device: nothing acks them).
+    /// Whether a bridge serves it (a field or line device) and so applies its desired
+    /// properties (false for the gateway, an identity-only device and a removed device:
+    /// nothing acks them).
     pub applies_desired: bool,
     /// Desired properties not yet acknowledged at the desired version, sorted (always empty
     /// when `appliesDesired` is false).
@@ -295,7 +296,8 @@ fn plural(n: usize, word: &str) -> String {
 /// The LINK cell: field link health in a few words.
 fn link_cell(device: &DeviceStatus) -> String {
     match &device.link {
-        None if device.role == Role::Gateway => "-".to_owned(),
+        // The gateway and identity-only devices have no field link.
+        None if !device.applies_desired => "-".to_owned(),
         None => "no reading yet".to_owned(),
         Some(link) => {
             let status = link.status.clone().unwrap_or_else(|| {
