@@ -39,7 +39,10 @@ struct CredentialsArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    #[command(about = "Run the agent: keep every device twin in sync with the hub until SIGTERM")]
+    #[command(
+        about = "Run the agent: keep every device twin in sync with the hub until SIGTERM",
+        after_help = "Example (systemd runs it so):\n  twinbridge run --config /etc/twinbridge/config.toml"
+    )]
     Run {
         #[command(flatten)]
         credentials: CredentialsArg,
@@ -49,6 +52,7 @@ enum Command {
     /// each device's values, link and twin sync state while the script cuts the hub, unplugs
     /// a line and sets a desired value, and each time waits until every twin has converged.
     #[cfg(feature = "demo")]
+    #[command(after_help = "Examples:\n  twinbridge demo\n  twinbridge demo --once --phase 5s")]
     Demo {
         /// Play the script once and exit (0 when every step converged).
         #[arg(long)]
@@ -59,17 +63,53 @@ enum Command {
     },
     /// Delete what the store keeps about a device removed from the configuration (its rows
     /// stay until then). The agent must be stopped.
+    #[command(
+        after_help = "Example (with the agent stopped):\n  systemctl stop twinbridge\n  twinbridge forget old-meter-07\n  systemctl start twinbridge"
+    )]
     Forget {
         /// The device id.
         device: String,
     },
+    /// Per device: twin sync state, field link health, desired version and pending acks, read
+    /// from the store (read-only: safe while the agent runs). Exit 69 when there is no store yet.
+    #[command(
+        after_help = "Examples:\n  twinbridge status\n  twinbridge status --json | jq '.devices[] | select(.sync.inSync | not)'"
+    )]
+    Status {
+        /// Print JSON for scripts (stable field names) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect one device's twin as the store holds it.
+    #[command(after_help = "Example:\n  twinbridge twin show boiler-03")]
+    Twin {
+        #[command(subcommand)]
+        command: TwinCommand,
+    },
     #[command(
         about = "Check the configuration and the credentials it names; print every problem \
-                 and exit 78 (EX_CONFIG) if there is one"
+                 and exit 78 (EX_CONFIG) if there is one",
+        after_help = "Example:\n  twinbridge check-config --config /etc/twinbridge/config.toml"
     )]
     CheckConfig {
         #[command(flatten)]
         credentials: CredentialsArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TwinCommand {
+    /// The local reported document, what the hub holds ($version), the patch still to send,
+    /// the desired document and version, acks per writable property and quarantined keys.
+    #[command(
+        after_help = "Examples:\n  twinbridge twin show boiler-03\n  twinbridge twin show boiler-03 --json | jq .pending"
+    )]
+    Show {
+        /// The device id.
+        device: String,
+        /// Print JSON for scripts (stable field names).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -95,6 +135,21 @@ fn main() -> ExitCode {
         Command::Forget { device } => cli::forget::run(
             &config_path,
             &device,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
+        Command::Status { json } => cli::status::run(
+            &config_path,
+            json,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
+        Command::Twin {
+            command: TwinCommand::Show { device, json },
+        } => cli::twin_show::run(
+            &config_path,
+            &device,
+            json,
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         ),

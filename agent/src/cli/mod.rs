@@ -8,6 +8,8 @@ pub mod check_config;
 pub mod demo;
 pub mod forget;
 pub mod run;
+pub mod status;
+pub mod twin_show;
 
 /// `EX_CONFIG` from sysexits.h: the configuration is invalid.
 pub const EX_CONFIG: u8 = 78;

@@ -845,6 +845,21 @@ pub(crate) fn devices(conn: &Connection, path: &Path) -> Result<Vec<String>, Sto
         .map_err(sql)
 }
 
+/// When the oldest queued journal entry of `device` was created (ms since the Unix epoch), or
+/// `None` when its journal is empty.
+pub(crate) fn oldest_journal_ms(
+    conn: &Connection,
+    path: &Path,
+    device: &str,
+) -> Result<Option<i64>, StoreError> {
+    conn.query_row(
+        "SELECT MIN(created_ms) FROM journal WHERE device = ?1",
+        params![device],
+        |row| row.get(0),
+    )
+    .map_err(sqlite_at(path))
+}
+
 /// Everything stored about `device`, read in the caller's (read) transaction.
 pub(crate) fn snapshot(
     conn: &Connection,

@@ -536,4 +536,15 @@ impl ReadOnlyStore {
             .map_err(db::sqlite_at(&self.path))?;
         db::snapshot(&tx, &self.path, device)
     }
+
+    /// When the oldest entry still queued in `device`'s every-change journal was queued (the
+    /// wall clock of the writer), or `None` when nothing is queued: how long the hub has been
+    /// behind, for `twinbridge status`.
+    pub fn oldest_queued(&self, device: &str) -> Result<Option<SystemTime>, StoreError> {
+        Ok(
+            db::oldest_journal_ms(&self.conn, &self.path, device)?.map(|ms| {
+                SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+            }),
+        )
+    }
 }
