@@ -42,6 +42,27 @@ pub fn agent_binary() -> PathBuf {
     binary
 }
 
+/// Sends SIGTERM to an agent process and waits (with [`DEADLINE`]) for it to exit; returns
+/// its exit status.
+pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM sent");
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the agent") {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the agent did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -275,6 +296,17 @@ max = "500ms"
     /// Devices connected now.
     pub fn connected(&self) -> Vec<String> {
         self.emu().hub().connected_devices()
+    }
+
+    /// Waits until every one of `devices` is connected (e.g. a freshly started agent process
+    /// is up, its signal handlers installed, before a test signals it).
+    pub async fn wait_connected(&self, devices: &[&str]) {
+        eventually(&format!("{devices:?} connected"), DEADLINE, || {
+            let connected = self.connected();
+            let all = devices.iter().all(|d| connected.iter().any(|c| c == d));
+            async move { all }
+        })
+        .await;
     }
 
     /// The emulator's traffic counters.

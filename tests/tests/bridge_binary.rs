@@ -11,12 +11,10 @@ use std::time::Duration;
 
 use device_protocols::point::Table;
 use device_protocols::sim::{RtuSim, SimMap, TcpSim, UnitMap};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rand::Rng as _;
 use serde_json::{Value, json};
 use twinbridge::store::ReadOnlyStore;
-use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually};
+use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually, terminate};
 
 const GATEWAY: &str = "gw-1";
 
@@ -178,23 +176,6 @@ points = [
     }
 }
 
-async fn terminate(mut child: Child) {
-    kill(
-        Pid::from_raw(i32::try_from(child.id()).expect("pid fits")),
-        Signal::SIGTERM,
-    )
-    .expect("SIGTERM sent");
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "clean exit on SIGTERM: {status}");
-            return;
-        }
-        assert!(tokio::time::Instant::now() < end, "no exit on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn register_writes(sim: &device_protocols::sim::SimHandle, unit: u8) -> u64 {
     let stats = sim.stats(unit).expect("unit simulated");
     stats.by_function[6] + stats.by_function[16]
@@ -228,7 +209,7 @@ async fn field_devices_converge_both_ways_through_the_real_binary() {
     .await;
     let ids: Vec<&str> = DEVICES.iter().map(|d| d.0).collect();
     site.converged(&ids).await;
-    terminate(agent).await;
+    assert!(terminate(agent).await.success(), "clean exit on SIGTERM");
 }
 
 /// kill -9 the agent at random moments while it syncs and writes desired values; after a final
@@ -255,6 +236,8 @@ async fn kill_9_during_desired_writes_never_writes_a_version_twice() {
     }
     let agent = site.spawn();
     let ids: Vec<&str> = DEVICES.iter().map(|d| d.0).collect();
+    // Up (SIGTERM handler installed) before comparing: the twins may agree already.
+    hub.wait_connected(&[GATEWAY]).await;
     site.converged(&ids).await;
     let writes = register_writes(sim, unit);
     assert!(
@@ -270,7 +253,7 @@ async fn kill_9_during_desired_writes_never_writes_a_version_twice() {
         (acked - register).abs() < 1e-9,
         "{reported} vs register {register}"
     );
-    terminate(agent).await;
+    assert!(terminate(agent).await.success(), "clean exit on SIGTERM");
 }
 
 /// Between runs: a renamed property path removes the old key from the twin; a removed device
@@ -280,7 +263,7 @@ async fn config_changes_between_runs_leave_nothing_stale_and_lose_nothing() {
     let mut site = Site::start().await;
     let agent = site.spawn();
     site.converged(&["boiler-01", "boiler-05"]).await;
-    terminate(agent).await;
+    assert!(terminate(agent).await.success(), "clean exit on SIGTERM");
     assert!(
         site.hub
             .reported("boiler-05")
@@ -315,7 +298,7 @@ async fn config_changes_between_runs_leave_nothing_stale_and_lose_nothing() {
         json!(30.0),
         "a removed device no longer syncs"
     );
-    terminate(agent).await;
+    assert!(terminate(agent).await.success(), "clean exit on SIGTERM");
     assert!(
         site.local("boiler-05").get("temperature").is_some(),
         "its rows are kept"

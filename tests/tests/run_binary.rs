@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rand::Rng as _;
 use serde_json::{Value, json};
 use twinbridge::store::{ReadOnlyStore, Store, StoreOptions};
-use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually};
+use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually, terminate};
 
 const GATEWAY: &str = "gw-1";
 
@@ -81,25 +79,6 @@ async fn wait_converged(hub: &TestHub, db: &Path) {
             async move { got == want }
         })
         .await;
-    }
-}
-
-async fn terminate(mut child: Child) -> std::process::ExitStatus {
-    kill(
-        Pid::from_raw(i32::try_from(child.id()).expect("pid fits")),
-        Signal::SIGTERM,
-    )
-    .expect("SIGTERM sent");
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "agent did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -187,6 +166,9 @@ async fn kill_9_at_random_moments_loses_nothing() {
         .hub()
         .set_faults(|f| f.twin_response_delay = Duration::ZERO);
     let child = spawn_agent(&config);
+    // Up (and its SIGTERM handler installed) before the twins are compared: they may already
+    // agree from the trials.
+    hub.wait_connected(&[GATEWAY]).await;
     wait_converged(&hub, &db).await;
     assert!(terminate(child).await.success(), "clean exit on SIGTERM");
 }

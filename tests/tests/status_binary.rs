@@ -5,15 +5,12 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
 use device_protocols::sim::{SimMap, TcpSim, UnitMap};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::{Value, json};
 use twinbridge::store::ReadOnlyStore;
-use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually};
+use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually, terminate};
 
 const GATEWAY: &str = "gw-1";
 const DEVICES: [&str; 2] = ["meter-01", "meter-02"];
@@ -44,25 +41,6 @@ fn cli(config: &Path, args: &[&str]) -> Output {
         .env_remove("TWINBRIDGE_CONFIG")
         .output()
         .expect("twinbridge runs")
-}
-
-async fn terminate(mut child: Child) -> std::process::ExitStatus {
-    kill(
-        Pid::from_raw(i32::try_from(child.id()).expect("pid fits")),
-        Signal::SIGTERM,
-    )
-    .expect("SIGTERM sent");
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "agent did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
