@@ -42,6 +42,36 @@ pub fn agent_binary() -> PathBuf {
     binary
 }
 
+/// Spawns an agent process with its own `NOTIFY_SOCKET` and waits (with [`DEADLINE`]) for its
+/// `sd_notify` `READY=1`: from then on its SIGTERM handler is installed and its runtime started.
+pub async fn spawn_ready(mut command: std::process::Command) -> std::process::Child {
+    let dir = tempfile::tempdir().expect("temp dir for the notify socket");
+    let path = dir.path().join("notify");
+    let socket = tokio::net::UnixDatagram::bind(&path).expect("notify socket binds");
+    let child = command
+        .env("NOTIFY_SOCKET", &path)
+        .spawn()
+        .expect("the agent starts");
+    let mut buf = vec![0u8; 4096];
+    let ready = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let n = socket.recv(&mut buf).await.expect("notify socket readable");
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ready.is_ok(),
+        "the agent sent no READY=1 within {DEADLINE:?}"
+    );
+    child
+}
+
 /// Sends SIGTERM to an agent process and waits (with [`DEADLINE`]) for it to exit; returns
 /// its exit status.
 pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {

@@ -14,7 +14,7 @@ use device_protocols::sim::{RtuSim, SimMap, TcpSim, UnitMap};
 use rand::Rng as _;
 use serde_json::{Value, json};
 use twinbridge::store::ReadOnlyStore;
-use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually, terminate};
+use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually, spawn_ready, terminate};
 
 const GATEWAY: &str = "gw-1";
 
@@ -143,16 +143,21 @@ points = [
         (handle, *unit)
     }
 
-    fn spawn(&self) -> Child {
-        Command::new(agent_binary())
+    fn command(&self) -> Command {
+        let mut command = Command::new(agent_binary());
+        command
             .args(["run", "--config"])
             .arg(&self.config)
             .env("TWINBRIDGE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("twinbridge starts")
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    /// Starts the agent and waits for its READY=1 (it will be signalled).
+    async fn start_agent(&self) -> Child {
+        spawn_ready(self.command()).await
     }
 
     /// The device's local reported document (`null` until the agent has created the store
@@ -184,7 +189,7 @@ fn register_writes(sim: &device_protocols::sim::SimHandle, unit: u8) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn field_devices_converge_both_ways_through_the_real_binary() {
     let site = Site::start().await;
-    let agent = site.spawn();
+    let agent = site.start_agent().await;
     let hub = &site.hub;
     for (i, (device, _, _)) in DEVICES.iter().enumerate() {
         let want = json!(21.1 + 0.1 * i as f64);
@@ -209,7 +214,8 @@ async fn field_devices_converge_both_ways_through_the_real_binary() {
     .await;
     let ids: Vec<&str> = DEVICES.iter().map(|d| d.0).collect();
     site.converged(&ids).await;
-    assert!(terminate(agent).await.success(), "clean exit on SIGTERM");
+    let status = terminate(agent).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
 
 /// kill -9 the agent at random moments while it syncs and writes desired values; after a final
@@ -229,15 +235,13 @@ async fn kill_9_during_desired_writes_never_writes_a_version_twice() {
         );
         versions += 1;
         sim.set_values(unit, Table::Input, 0, &[200 + rng.random_range(0..50)]);
-        let mut agent = site.spawn();
+        let mut agent = site.command().spawn().expect("twinbridge starts");
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..700))).await; // the random moment
         agent.kill().expect("SIGKILL sent");
         agent.wait().expect("reaped");
     }
-    let agent = site.spawn();
+    let agent = site.start_agent().await;
     let ids: Vec<&str> = DEVICES.iter().map(|d| d.0).collect();
-    // Up (SIGTERM handler installed) before comparing: the twins may agree already.
-    hub.wait_connected(&[GATEWAY]).await;
     site.converged(&ids).await;
     let writes = register_writes(sim, unit);
     assert!(
@@ -253,7 +257,8 @@ async fn kill_9_during_desired_writes_never_writes_a_version_twice() {
         (acked - register).abs() < 1e-9,
         "{reported} vs register {register}"
     );
-    assert!(terminate(agent).await.success(), "clean exit on SIGTERM");
+    let status = terminate(agent).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
 
 /// Between runs: a renamed property path removes the old key from the twin; a removed device
@@ -261,9 +266,10 @@ async fn kill_9_during_desired_writes_never_writes_a_version_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_changes_between_runs_leave_nothing_stale_and_lose_nothing() {
     let mut site = Site::start().await;
-    let agent = site.spawn();
+    let agent = site.start_agent().await;
     site.converged(&["boiler-01", "boiler-05"]).await;
-    assert!(terminate(agent).await.success(), "clean exit on SIGTERM");
+    let status = terminate(agent).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
     assert!(
         site.hub
             .reported("boiler-05")
@@ -279,7 +285,7 @@ async fn config_changes_between_runs_leave_nothing_stale_and_lose_nothing() {
         .filter(|d| d.0 != "boiler-05")
         .collect();
     site.write_config("heating.flow", &kept);
-    let agent = site.spawn();
+    let agent = site.start_agent().await;
     let hub = &site.hub;
     eventually(
         "the renamed property replaces the old one",
@@ -298,7 +304,8 @@ async fn config_changes_between_runs_leave_nothing_stale_and_lose_nothing() {
         json!(30.0),
         "a removed device no longer syncs"
     );
-    assert!(terminate(agent).await.success(), "clean exit on SIGTERM");
+    let status = terminate(agent).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
     assert!(
         site.local("boiler-05").get("temperature").is_some(),
         "its rows are kept"

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::Rng as _;
 use serde_json::{Value, json};
 use twinbridge::store::{ReadOnlyStore, Store, StoreOptions};
-use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually, terminate};
+use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually, spawn_ready, terminate};
 
 const GATEWAY: &str = "gw-1";
 
@@ -40,16 +40,21 @@ fn write_config(hub: &TestHub) -> (PathBuf, PathBuf) {
     (path, state_dir.join("twinbridge.db"))
 }
 
-fn spawn_agent(config: &Path) -> Child {
-    Command::new(agent_binary())
+fn agent_command(config: &Path) -> Command {
+    let mut command = Command::new(agent_binary());
+    command
         .args(["run", "--config"])
         .arg(config)
         .env("TWINBRIDGE_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("twinbridge starts")
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// Starts the agent and waits for its READY=1 (it will be signalled).
+async fn start_agent(config: &Path) -> Child {
+    spawn_ready(agent_command(config)).await
 }
 
 /// Merges `patch` into `device`'s local replica while the agent is stopped (as the bridge
@@ -89,7 +94,7 @@ async fn run_syncs_and_stops_cleanly_on_sigterm() {
 
     // The store is created by the first run; values merged while it is stopped are synced by
     // the next.
-    let child = spawn_agent(&config);
+    let child = start_agent(&config).await;
     let db_ref = &db;
     eventually(
         "the store exists",
@@ -97,15 +102,17 @@ async fn run_syncs_and_stops_cleanly_on_sigterm() {
         || async move { db_ref.exists() },
     )
     .await;
-    assert!(terminate(child).await.success(), "clean exit on SIGTERM");
+    let status = terminate(child).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
     for device in devices() {
         change_offline(&db, &device, json!({"serial": device, "power": 1.5})).await;
     }
-    let child = spawn_agent(&config);
+    let child = start_agent(&config).await;
     wait_converged(&hub, &db).await;
     let gateway = hub.reported(GATEWAY).0;
     assert_eq!(gateway["identities"]["configured"], 6, "{gateway}");
-    assert!(terminate(child).await.success(), "clean exit on SIGTERM");
+    let status = terminate(child).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
 
 #[test]
@@ -151,7 +158,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
                 }
             }
         }
-        let mut child = spawn_agent(&config);
+        let mut child = agent_command(&config).spawn().expect("twinbridge starts");
         let wait = Duration::from_millis(rng.random_range(50..600));
         tokio::time::sleep(wait).await; // the random moment of the kill
         child.kill().expect("SIGKILL sent");
@@ -165,10 +172,8 @@ async fn kill_9_at_random_moments_loses_nothing() {
     hub.emu()
         .hub()
         .set_faults(|f| f.twin_response_delay = Duration::ZERO);
-    let child = spawn_agent(&config);
-    // Up (and its SIGTERM handler installed) before the twins are compared: they may already
-    // agree from the trials.
-    hub.wait_connected(&[GATEWAY]).await;
+    let child = start_agent(&config).await;
     wait_converged(&hub, &db).await;
-    assert!(terminate(child).await.success(), "clean exit on SIGTERM");
+    let status = terminate(child).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
 }

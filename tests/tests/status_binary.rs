@@ -111,7 +111,8 @@ async fn status_reads_the_store_while_the_agent_runs() {
         child.try_wait().expect("wait").is_none(),
         "agent still runs"
     );
-    assert!(terminate(child).await.success(), "clean exit on SIGTERM");
+    let status = terminate(child).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
 
 /// Writes `config.toml` with `plc-01` (unit 1 of `plc`) and `ghost-09` (unit 9, absent), each
@@ -226,5 +227,6 @@ async fn status_shows_an_offline_device_and_acknowledged_desired_values() {
     assert_eq!(twin["acks"][0]["appliedVersion"], json!(version));
     assert_eq!(twin["acks"][0]["ack"]["ac"], 200);
     assert!(db.exists());
-    assert!(terminate(child).await.success(), "clean exit on SIGTERM");
+    let status = terminate(child).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
