@@ -323,22 +323,6 @@ max = "500ms"
         }
     }
 
-    /// Devices connected now.
-    pub fn connected(&self) -> Vec<String> {
-        self.emu().hub().connected_devices()
-    }
-
-    /// Waits until every one of `devices` is connected (e.g. a freshly started agent process
-    /// is up, its signal handlers installed, before a test signals it).
-    pub async fn wait_connected(&self, devices: &[&str]) {
-        eventually(&format!("{devices:?} connected"), DEADLINE, || {
-            let connected = self.connected();
-            let all = devices.iter().all(|d| connected.iter().any(|c| c == d));
-            async move { all }
-        })
-        .await;
-    }
-
     /// The emulator's traffic counters.
     pub fn counters(&self) -> hub_emulator::state::CounterSnapshot {
         self.emu().hub().counters.snapshot()

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::{HandleError, RuntimeHandle};
-use crate::twin::{Ack, AckCode, is_noop};
+use crate::twin::{Ack, AckCode, diff, is_noop};
 
 pub use line::{LineSpec, run_line};
 pub use mapping::{DesiredAction, HEALTH_KEY, Placement, PointMap};
@@ -203,20 +203,17 @@ fn merge_health(
     put_health(patch, held, object);
 }
 
-/// Puts the link-health `object` into `patch` when it differs from the stored one (`held`).
+/// Puts the change from the stored link-health object (`held`) to `object` into `patch`: the
+/// merge patch [`diff`] computes, so keys that no longer apply (`lastError`) are deleted.
 fn put_health(patch: &mut Json, held: Option<&Json>, object: Json) {
-    if held != Some(&object)
+    let change = match held {
+        Some(held) => diff(held, &object),
+        None => object,
+    };
+    if !is_noop(&change)
         && let Json::Object(map) = patch
     {
-        // The whole object replaces the stored one: keys that no longer apply (lastError)
-        // are deleted (set to null in the merge patch).
-        let mut replacement = object;
-        if let (Some(Json::Object(old)), Json::Object(new)) = (held, &mut replacement) {
-            for key in old.keys() {
-                new.entry(key.clone()).or_insert(Json::Null);
-            }
-        }
-        map.insert(HEALTH_KEY.to_owned(), replacement);
+        map.insert(HEALTH_KEY.to_owned(), change);
     }
 }
 

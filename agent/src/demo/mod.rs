@@ -77,6 +77,12 @@ pub(crate) struct Demo {
 
 /// Runs the demo, writing the view to `out`.
 pub async fn run(options: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    // Say something at once: the setup (TLS certificate, ptys, store) takes a moment.
+    let _ = writeln!(
+        out,
+        "twinbridge demo: starting the hub emulator, two simulated RS-485 lines and the agent…"
+    );
+    let _ = out.flush();
     let dir = tempfile::tempdir().map_err(|e| setup("temporary directory")(e.to_string()))?;
     let site = start_site(dir.path())?;
     let devices = device_ids();
