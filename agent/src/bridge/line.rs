@@ -53,7 +53,7 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One line device and where its readings go.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LineSpec {
     /// Device id in the hub (one of the runtime's identities).
     pub device: String,

@@ -58,7 +58,7 @@ pub struct DeviceMap {
 }
 
 /// One bus and its devices.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BusSpec {
     /// The bus settings.
     pub config: BusConfig,

@@ -3,13 +3,14 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::EX_CONFIG;
 use super::check_config::{Checked, load_checked};
 use crate::bridge::{BusSpec, DeviceMap, LineSpec, PointMap};
 use crate::config::Config;
-use crate::service::{IdentitySpec, RuntimeSpec, run_until_signal};
+use crate::service::{IdentitySpec, RuntimeSpec, SpecSource, run_until_signal};
 use crate::store::StoreOptions;
 
 /// At most how often the gateway twin's summary is recomputed (sent only when it changed).
@@ -115,18 +116,45 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
         tracing::warn!("{warning}");
     }
     let spec = runtime_spec(&checked);
+    let reload: SpecSource = {
+        let path = path.to_owned();
+        let credentials_dir = credentials_dir.map(Path::to_owned);
+        Arc::new(move || reload_spec(&path, credentials_dir.as_deref()))
+    };
     // One thread for the sessions and drivers is plenty (the store has its own), and keeps
     // the footprint small on a Pi.
     super::block_on(
         tokio::runtime::Builder::new_current_thread(),
         "twinbridge",
         async move {
-            run_until_signal(spec).await.inspect_err(|e| {
+            run_until_signal(spec, Some(reload)).await.inspect_err(|e| {
                 tracing::error!(error = %e, "twinbridge stopped on an error");
             })
         },
         err,
     )
+}
+
+/// What a SIGHUP re-reads: the configuration through the same checks as start-up. An invalid
+/// one is logged at error level, one line per error as `check-config` prints them (file, line,
+/// column, field), and gives `None`.
+fn reload_spec(path: &Path, credentials_dir: Option<&Path>) -> Option<RuntimeSpec> {
+    match load_checked(path, credentials_dir) {
+        Ok(checked) => {
+            for warning in checked.config.warnings() {
+                tracing::warn!("{warning}");
+            }
+            Some(runtime_spec(&checked))
+        }
+        Err(errors) => {
+            let mut text = Vec::new();
+            super::print_config_errors(&mut text, &errors, path, "not reloading: ");
+            for line in String::from_utf8_lossy(&text).lines() {
+                tracing::error!("{line}");
+            }
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -85,6 +85,21 @@ impl RateLimiter {
         Self { inner: None }
     }
 
+    /// Whether `other` was made with the same rate and burst (a reload compares pacing this
+    /// way; the balance of tokens is not compared).
+    pub fn same_settings(&self, other: &Self) -> bool {
+        match (&self.inner, &other.inner) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                // One lock at a time: both may be the same bucket.
+                let a = lock(a).clone();
+                let b = lock(b).clone();
+                a.rate.to_bits() == b.rate.to_bits() && a.burst.to_bits() == b.burst.to_bits()
+            }
+            _ => false,
+        }
+    }
+
     /// Waits (on tokio time) until a token is available and takes it.
     pub async fn acquire(&self) {
         let Some(inner) = &self.inner else {

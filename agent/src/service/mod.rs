@@ -1,28 +1,47 @@
 //! Start-up and shutdown of the agent: the [`runtime`] wired together, run until SIGTERM or
-//! SIGINT, then stopped cleanly.
+//! SIGINT, then stopped cleanly; SIGHUP reloads the configuration ([`reload`]).
 //!
-//! systemd: `READY=1` once every identity's session and driver are running, `STOPPING=1` on
-//! the way out (a no-op outside systemd, where `$NOTIFY_SOCKET` is unset).
+//! systemd: `READY=1` once every identity's session and driver are running, `RELOADING=1`
+//! (with `MONOTONIC_USEC`) when a reload starts and `READY=1` again when it is done (applied
+//! or refused), `STOPPING=1` on the way out (a no-op outside systemd, where `$NOTIFY_SOCKET`
+//! is unset).
 
+pub mod reload;
 pub mod runtime;
 
+pub use reload::{Changes, Plan, ReloadError, SpecSource};
 pub use runtime::{HandleError, IdentitySpec, Runtime, RuntimeError, RuntimeHandle, RuntimeSpec};
 
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Starts the runtime and runs it until SIGTERM/SIGINT (clean stop: `Ok`) or until a task
-/// fails (`Err`).
-pub async fn run_until_signal(spec: RuntimeSpec) -> Result<(), RuntimeError> {
+/// fails (`Err`). On SIGHUP the configuration is re-read through `reload` and applied (see
+/// [`reload`]); without a source SIGHUP is logged and ignored.
+pub async fn run_until_signal(
+    spec: RuntimeSpec,
+    reload: Option<SpecSource>,
+) -> Result<(), RuntimeError> {
     let mut terminate = signal(SignalKind::terminate())
         .map_err(|e| RuntimeError::Task(format!("installing the SIGTERM handler: {e}")))?;
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|e| RuntimeError::Task(format!("installing the SIGINT handler: {e}")))?;
+    // Before start-up: SIGHUP's default action would end the process.
+    let mut hangup = signal(SignalKind::hangup())
+        .map_err(|e| RuntimeError::Task(format!("installing the SIGHUP handler: {e}")))?;
     let mut runtime = Runtime::start(spec).await?;
     notify(&[sd_notify::NotifyState::Ready]);
-    let failure = tokio::select! {
-        _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); None }
-        _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); None }
-        e = runtime.failed() => Some(e),
+    let failure = loop {
+        tokio::select! {
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break None }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break None }
+            _ = hangup.recv() => {
+                // A reload runs to its end; a SIGTERM meanwhile is handled right after.
+                if let Err(e) = reload::on_hangup(&mut runtime, reload.as_ref()).await {
+                    break Some(e);
+                }
+            }
+            e = runtime.failed() => break Some(e),
+        }
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     let stopped = runtime.shutdown().await;

@@ -7,9 +7,10 @@
 //! reported values into the store and wakes the identity's driver;
 //! [`RuntimeHandle::desired`] watches the stored desired document of a device.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use device_protocols::backoff::BackoffConfig;
@@ -25,7 +26,7 @@ use crate::sync::{DesiredState, Driver, IdentityStatus, gateway_summary};
 use crate::twin::{diff, is_noop};
 
 /// One identity to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdentitySpec {
     /// Device id in the hub.
     pub id: String,
@@ -94,10 +95,20 @@ pub enum HandleError {
     Store(#[from] StoreError),
 }
 
+/// What the handle knows of one identity; replaced when its driver restarts.
+#[derive(Clone)]
 struct Identity {
     local_changed: Arc<Notify>,
     desired: watch::Receiver<Option<DesiredState>>,
     status: watch::Receiver<IdentityStatus>,
+}
+
+/// The identities the handle serves: a reload adds and removes some while bridges run.
+#[derive(Default)]
+struct Registry {
+    /// In configuration order, gateway first.
+    order: Vec<String>,
+    map: HashMap<String, Identity>,
 }
 
 /// The bridge's (and tests') interface to the running agent; cheap to clone.
@@ -105,16 +116,15 @@ struct Identity {
 pub struct RuntimeHandle {
     store: Store,
     gateway_id: Arc<str>,
-    /// In configuration order, gateway first.
-    order: Arc<[String]>,
-    identities: Arc<HashMap<String, Identity>>,
+    /// Held only for map look-ups and updates, never across an await.
+    identities: Arc<RwLock<Registry>>,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuntimeHandle")
             .field("store", &self.store.path())
-            .field("identities", &self.order)
+            .field("identities", &self.registry().order)
             .finish_non_exhaustive()
     }
 }
@@ -153,20 +163,31 @@ impl RuntimeHandle {
     }
 
     /// The stored desired document of `device`, as a watch: it changes when a desired
-    /// update has been stored.
+    /// update has been stored. It stays open while the device is configured (across a
+    /// restart of its driver by a reload) and closes when a reload removes the device.
     pub fn desired(
         &self,
         device: &str,
     ) -> Result<watch::Receiver<Option<DesiredState>>, HandleError> {
-        Ok(self.identity(device)?.desired.clone())
+        Ok(self.identity(device)?.desired)
     }
 
     /// Every identity's status, gateway first.
     pub fn statuses(&self) -> Vec<(String, IdentityStatus)> {
-        self.order
+        let registry = self.registry();
+        registry
+            .order
             .iter()
-            .map(|id| (id.clone(), self.identities[id].status.borrow().clone()))
+            .filter_map(|id| {
+                let identity = registry.map.get(id)?;
+                Some((id.clone(), identity.status.borrow().clone()))
+            })
             .collect()
+    }
+
+    /// The configured identities, gateway first.
+    pub fn identity_ids(&self) -> Vec<String> {
+        self.registry().order.clone()
     }
 
     /// The gateway's own identity.
@@ -179,40 +200,117 @@ impl RuntimeHandle {
         &self.store
     }
 
-    fn identity(&self, device: &str) -> Result<&Identity, HandleError> {
-        self.identities
+    fn identity(&self, device: &str) -> Result<Identity, HandleError> {
+        self.registry()
+            .map
             .get(device)
+            .cloned()
             .ok_or_else(|| HandleError::UnknownDevice(device.to_owned()))
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        // The registry is only replaced whole-entry at a time: a panicking writer leaves it
+        // consistent.
+        self.identities
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.identities
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A task of the runtime that can be stopped on its own (one identity's driver, one bus, one
+/// line device).
+#[derive(Debug)]
+struct Unit {
+    stop: CancellationToken,
+    task: tokio::task::Id,
+}
+
+/// The running parts of one identity.
+#[derive(Debug)]
+struct RunningIdentity {
+    session: SessionHandle,
+    driver: Unit,
+    /// Kept across driver restarts, so that the bridges' desired watches stay open.
+    desired: watch::Sender<Option<DesiredState>>,
+    local_changed: Arc<Notify>,
+}
+
+/// Every task of the runtime. A task that fails while another is being stopped is kept for
+/// [`Runtime::failed`].
+#[derive(Debug, Default)]
+struct Tasks {
+    set: JoinSet<Result<(), RuntimeError>>,
+    failure: Option<RuntimeError>,
+}
+
+impl Tasks {
+    fn spawn(
+        &mut self,
+        task: impl Future<Output = Result<(), RuntimeError>> + Send + 'static,
+    ) -> tokio::task::Id {
+        self.set.spawn(task).id()
+    }
+
+    /// The next failure; pending forever while all is well. Cancel-safe.
+    async fn failed(&mut self) -> RuntimeError {
+        if let Some(e) = self.failure.take() {
+            return e;
+        }
+        loop {
+            match self.set.join_next().await {
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return e,
+                Some(Err(e)) => return RuntimeError::Task(e.to_string()),
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Waits until every task in `ids` has ended (their tokens already cancelled).
+    async fn wait_for(&mut self, mut ids: HashSet<tokio::task::Id>) {
+        while !ids.is_empty() {
+            let (id, error) = match self.set.join_next_with_id().await {
+                Some(Ok((id, Ok(())))) => (id, None),
+                Some(Ok((id, Err(e)))) => (id, Some(e)),
+                Some(Err(e)) => (e.id(), Some(RuntimeError::Task(e.to_string()))),
+                None => return,
+            };
+            ids.remove(&id);
+            if self.failure.is_none() {
+                self.failure = error;
+            }
+        }
     }
 }
 
 /// The running agent.
 #[derive(Debug)]
 pub struct Runtime {
-    handle: RuntimeHandle,
-    sessions: Vec<SessionHandle>,
-    tasks: JoinSet<Result<(), RuntimeError>>,
+    pub(super) handle: RuntimeHandle,
+    /// What is running now (after the last reload).
+    pub(super) spec: RuntimeSpec,
+    pub(super) link: HubLink,
+    tasks: Tasks,
+    /// Cancels everything; every unit's token is a child of it.
     stop: CancellationToken,
+    status_changed: Arc<Notify>,
+    identities: HashMap<String, RunningIdentity>,
+    buses: HashMap<String, Unit>,
+    lines: HashMap<String, Unit>,
 }
 
 impl Runtime {
-    /// Opens the store, registers the identities in it and starts every session, driver and
-    /// the summary task.
+    /// Opens the store, registers the identities in it and starts every session, driver,
+    /// bridge and the summary task.
     pub async fn start(spec: RuntimeSpec) -> Result<Self, RuntimeError> {
-        let mut all = vec![spec.gateway.clone()];
-        all.extend(spec.devices.iter().cloned());
-        let mut seen = std::collections::HashSet::new();
-        for identity in &all {
-            if !seen.insert(identity.id.as_str()) {
-                return Err(RuntimeError::DuplicateIdentity(identity.id.clone()));
-            }
-        }
-
         // Link and credentials first: a bad CA file or key stops start-up before the store opens.
-        let link = HubLink::new(spec.link.clone(), spec.pacing.clone())?;
-        for identity in &all {
-            link.check_credential(&identity.id, &identity.credential)?;
-        }
+        let link = check(&spec)?;
         let store = {
             let path = spec.store_path.clone();
             let options = spec.store_options.clone();
@@ -220,69 +318,43 @@ impl Runtime {
                 .await
                 .map_err(|e| RuntimeError::Task(e.to_string()))??
         };
-        for identity in &all {
-            store
-                .configure_device(&identity.id, identity.history)
-                .await?;
-        }
-
-        let stop = CancellationToken::new();
-        let status_changed = Arc::new(Notify::new());
-        let mut tasks = JoinSet::new();
-        let mut sessions = Vec::with_capacity(all.len());
-        let mut identities = HashMap::with_capacity(all.len());
-        for identity in &all {
-            let session = link.spawn(&identity.id, identity.credential.clone());
-            let local_changed = Arc::new(Notify::new());
-            let (status_tx, status_rx) = watch::channel(IdentityStatus::default());
-            let (desired_tx, desired_rx) = watch::channel(None);
-            sessions.push(session.handle.clone());
-            let driver = Driver {
-                device: identity.id.clone(),
-                store: store.clone(),
-                session: session.handle,
-                events: session.events,
-                pacing: spec.pacing.clone(),
-                local_changed: local_changed.clone(),
-                status: status_tx,
-                status_changed: status_changed.clone(),
-                desired: desired_tx,
-                retry: spec.retry,
-            };
-            let run = driver.run(stop.clone());
-            tasks.spawn(async move { run.await.map_err(RuntimeError::Store) });
-            identities.insert(
-                identity.id.clone(),
-                Identity {
-                    local_changed,
-                    desired: desired_rx,
-                    status: status_rx,
-                },
-            );
-        }
         let handle = RuntimeHandle {
             store,
             gateway_id: Arc::from(spec.gateway.id.as_str()),
-            order: all.iter().map(|i| i.id.clone()).collect(),
-            identities: Arc::new(identities),
+            identities: Arc::default(),
         };
+        let mut runtime = Self {
+            handle,
+            spec: spec.clone(),
+            link,
+            tasks: Tasks::default(),
+            stop: CancellationToken::new(),
+            status_changed: Arc::new(Notify::new()),
+            identities: HashMap::new(),
+            buses: HashMap::new(),
+            lines: HashMap::new(),
+        };
+        for identity in spec.identities() {
+            runtime.start_identity(identity.clone()).await?;
+        }
+        runtime.set_order(&spec);
         // The first summary goes out at start, whether or not a status changes.
-        status_changed.notify_one();
+        runtime.status_changed.notify_one();
         let summary = summarize(
-            handle.clone(),
+            runtime.handle.clone(),
             spec.agent_version.clone(),
             spec.summary_every,
-            status_changed,
-            stop.clone(),
+            runtime.status_changed.clone(),
+            runtime.stop.clone(),
         );
-        tasks.spawn(async move { summary.await.map_err(RuntimeError::Store) });
-        for bus in spec.buses.iter().cloned() {
-            let bridge = run_bus(bus, spec.gateway.id.clone(), handle.clone(), stop.clone());
-            tasks.spawn(async move { bridge.await.map_err(RuntimeError::Bridge) });
+        runtime
+            .tasks
+            .spawn(async move { summary.await.map_err(RuntimeError::Store) });
+        for bus in &spec.buses {
+            runtime.start_bus(bus.clone());
         }
-        for line in spec.lines.iter().cloned() {
-            let bridge = run_line(line, spec.gateway.id.clone(), handle.clone(), stop.clone());
-            tasks.spawn(async move { bridge.await.map_err(RuntimeError::Bridge) });
+        for line in &spec.lines {
+            runtime.start_line(line.clone());
         }
         tracing::info!(
             gateway = spec.gateway.id,
@@ -290,12 +362,7 @@ impl Runtime {
             host = spec.link.host,
             "runtime started"
         );
-        Ok(Self {
-            handle,
-            sessions,
-            tasks,
-            stop,
-        })
+        Ok(runtime)
     }
 
     /// The handle for the bridge and tests.
@@ -306,22 +373,15 @@ impl Runtime {
     /// Waits until a task fails (a store error: the agent cannot keep its promises without
     /// the store). Pending forever while all is well; cancel-safe.
     pub async fn failed(&mut self) -> RuntimeError {
-        loop {
-            match self.tasks.join_next().await {
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => return e,
-                Some(Err(e)) => return RuntimeError::Task(e.to_string()),
-                None => std::future::pending::<()>().await,
-            }
-        }
+        self.tasks.failed().await
     }
 
-    /// Stops cleanly: drivers first (a request still pending keeps its unknown outcome in the
-    /// store), then every session with an MQTT DISCONNECT, then the store.
+    /// Stops cleanly: drivers and bridges first (a request still pending keeps its unknown
+    /// outcome in the store), then every session with an MQTT DISCONNECT, then the store.
     pub async fn shutdown(mut self) -> Result<(), RuntimeError> {
         self.stop.cancel();
-        let mut first_error = None;
-        while let Some(result) = self.tasks.join_next().await {
+        let mut first_error = self.tasks.failure.take();
+        while let Some(result) = self.tasks.set.join_next().await {
             let error = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
@@ -331,9 +391,181 @@ impl Runtime {
                 first_error = error;
             }
         }
-        futures::future::join_all(self.sessions.iter().map(SessionHandle::shutdown)).await;
+        futures::future::join_all(self.identities.values().map(|i| i.session.shutdown())).await;
         self.handle.store.clone().close().await?;
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts (or restarts, after [`Runtime::stop_identities`]) the session and driver of
+    /// `spec`, and registers it with the handle (at the end of the order; see
+    /// [`Runtime::set_order`]).
+    pub(super) async fn start_identity(&mut self, spec: IdentitySpec) -> Result<(), RuntimeError> {
+        let store = &self.handle.store;
+        store.configure_device(&spec.id, spec.history).await?;
+        let session = self.link.spawn(&spec.id, spec.credential.clone());
+        let (status_tx, status_rx) = watch::channel(IdentityStatus::default());
+        // A restarted identity keeps its desired watch and wake-up (the bridges hold them).
+        let kept = self.identities.remove(&spec.id);
+        let (desired, local_changed) = match kept {
+            Some(old) => (old.desired, old.local_changed),
+            None => (watch::channel(None).0, Arc::new(Notify::new())),
+        };
+        let stop = self.stop.child_token();
+        let driver = Driver {
+            device: spec.id.clone(),
+            store: store.clone(),
+            session: session.handle.clone(),
+            events: session.events,
+            pacing: self.link.pacing().clone(),
+            local_changed: local_changed.clone(),
+            status: status_tx,
+            status_changed: self.status_changed.clone(),
+            desired: desired.clone(),
+            retry: self.spec.retry,
+        };
+        let run = driver.run(stop.clone());
+        let task = self
+            .tasks
+            .spawn(async move { run.await.map_err(RuntimeError::Store) });
+        {
+            let mut registry = self.handle.registry_mut();
+            if !registry.order.contains(&spec.id) {
+                registry.order.push(spec.id.clone());
+            }
+            registry.map.insert(
+                spec.id.clone(),
+                Identity {
+                    local_changed: local_changed.clone(),
+                    desired: desired.subscribe(),
+                    status: status_rx,
+                },
+            );
+        }
+        self.identities.insert(
+            spec.id.clone(),
+            RunningIdentity {
+                session: session.handle,
+                driver: Unit { stop, task },
+                desired,
+                local_changed,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops the drivers of `ids`, then their sessions (MQTT DISCONNECT). With `forget`, they
+    /// are also removed from the handle (their desired watches close); otherwise they are
+    /// expected to be started again with [`Runtime::start_identity`].
+    pub(super) async fn stop_identities(&mut self, ids: &[String], forget: bool) {
+        let mut tasks = HashSet::new();
+        for id in ids {
+            if let Some(identity) = self.identities.get(id) {
+                identity.driver.stop.cancel();
+                tasks.insert(identity.driver.task);
+            }
+        }
+        self.tasks.wait_for(tasks).await;
+        let sessions: Vec<_> = ids
+            .iter()
+            .filter_map(|id| self.identities.get(id))
+            .map(|i| i.session.clone())
+            .collect();
+        // One connection per identity at the hub: the old one is gone before a new one starts.
+        futures::future::join_all(sessions.iter().map(SessionHandle::shutdown)).await;
+        if forget {
+            let mut registry = self.handle.registry_mut();
+            for id in ids {
+                registry.map.remove(id);
+                registry.order.retain(|o| o != id);
+                self.identities.remove(id);
+            }
+        }
+    }
+
+    /// Puts the handle's identities in the order of `spec` (gateway first).
+    pub(super) fn set_order(&self, spec: &RuntimeSpec) {
+        let mut registry = self.handle.registry_mut();
+        registry.order = spec
+            .identities()
+            .map(|i| i.id.clone())
+            .filter(|id| registry.map.contains_key(id))
+            .collect();
+    }
+
+    /// Starts the bridge of a bus (its devices must be identities already).
+    pub(super) fn start_bus(&mut self, bus: BusSpec) {
+        let name = bus.config.name.clone();
+        let stop = self.stop.child_token();
+        let bridge = run_bus(
+            bus,
+            self.spec.gateway.id.clone(),
+            self.handle.clone(),
+            stop.clone(),
+        );
+        let task = self
+            .tasks
+            .spawn(async move { bridge.await.map_err(RuntimeError::Bridge) });
+        self.buses.insert(name, Unit { stop, task });
+    }
+
+    /// Starts the bridge of a line device (it must be an identity already).
+    pub(super) fn start_line(&mut self, line: LineSpec) {
+        let device = line.device.clone();
+        let stop = self.stop.child_token();
+        let bridge = run_line(
+            line,
+            self.spec.gateway.id.clone(),
+            self.handle.clone(),
+            stop.clone(),
+        );
+        let task = self
+            .tasks
+            .spawn(async move { bridge.await.map_err(RuntimeError::Bridge) });
+        self.lines.insert(device, Unit { stop, task });
+    }
+
+    /// Stops the bridges of the buses named `buses` and of the line devices `lines`, and
+    /// waits until they have closed their ports.
+    pub(super) async fn stop_bridges(&mut self, buses: &[String], lines: &[String]) {
+        let units: Vec<Unit> = buses
+            .iter()
+            .filter_map(|b| self.buses.remove(b))
+            .chain(lines.iter().filter_map(|l| self.lines.remove(l)))
+            .collect();
+        for unit in &units {
+            unit.stop.cancel();
+        }
+        self.tasks
+            .wait_for(units.iter().map(|u| u.task).collect())
+            .await;
+    }
+
+    /// Pokes the summary task (the set of identities changed).
+    pub(super) fn identities_changed(&self) {
+        self.status_changed.notify_one();
+    }
+}
+
+/// Checks what can be checked before anything starts: unique identities, the link (CA file)
+/// and every credential. Returns the link to use.
+pub(super) fn check(spec: &RuntimeSpec) -> Result<HubLink, RuntimeError> {
+    let mut seen = HashSet::new();
+    for identity in spec.identities() {
+        if !seen.insert(identity.id.as_str()) {
+            return Err(RuntimeError::DuplicateIdentity(identity.id.clone()));
+        }
+    }
+    let link = HubLink::new(spec.link.clone(), spec.pacing.clone())?;
+    for identity in spec.identities() {
+        link.check_credential(&identity.id, &identity.credential)?;
+    }
+    Ok(link)
+}
+
+impl RuntimeSpec {
+    /// Every identity: the gateway first, then the devices.
+    pub fn identities(&self) -> impl Iterator<Item = &IdentitySpec> {
+        std::iter::once(&self.gateway).chain(&self.devices)
     }
 }
 

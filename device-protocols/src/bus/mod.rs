@@ -93,7 +93,7 @@ impl fmt::Display for Transport {
 }
 
 /// Settings of one bus.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BusConfig {
     /// Name for logs and health.
     pub name: String,
