@@ -44,32 +44,75 @@ pub fn agent_binary() -> PathBuf {
 
 /// Spawns an agent process with its own `NOTIFY_SOCKET` and waits (with [`DEADLINE`]) for its
 /// `sd_notify` `READY=1`: from then on its SIGTERM handler is installed and its runtime started.
-pub async fn spawn_ready(mut command: std::process::Command) -> std::process::Child {
-    let dir = tempfile::tempdir().expect("temp dir for the notify socket");
-    let path = dir.path().join("notify");
-    let socket = tokio::net::UnixDatagram::bind(&path).expect("notify socket binds");
+pub async fn spawn_ready(command: std::process::Command) -> std::process::Child {
+    spawn_notified(command).await.0
+}
+
+/// [`spawn_ready`], keeping the notify socket to watch the agent's later messages (reloads).
+pub async fn spawn_notified(
+    mut command: std::process::Command,
+) -> (std::process::Child, NotifySocket) {
+    let socket = NotifySocket::new();
     let child = command
-        .env("NOTIFY_SOCKET", &path)
+        .env("NOTIFY_SOCKET", socket.path())
         .spawn()
         .expect("the agent starts");
-    let mut buf = vec![0u8; 4096];
-    let ready = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let n = socket.recv(&mut buf).await.expect("notify socket readable");
-            if String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-            {
-                return;
+    socket.wait_for("READY=1", |m| has_line(m, "READY=1")).await;
+    (child, socket)
+}
+
+/// Whether the `sd_notify` message `message` has the line `line`.
+pub fn has_line(message: &str, line: &str) -> bool {
+    message.lines().any(|l| l == line)
+}
+
+/// A `$NOTIFY_SOCKET` for an agent under test: receives its `sd_notify` messages.
+#[derive(Debug)]
+pub struct NotifySocket {
+    dir: tempfile::TempDir,
+    socket: tokio::net::UnixDatagram,
+}
+
+impl NotifySocket {
+    /// Binds a fresh socket in a temporary folder.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the notify socket");
+        let socket =
+            tokio::net::UnixDatagram::bind(dir.path().join("notify")).expect("notify socket binds");
+        Self { dir, socket }
+    }
+
+    /// Where it is (the value of `NOTIFY_SOCKET`).
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("notify")
+    }
+
+    /// Waits (with [`DEADLINE`]) for the next message for which `want` holds, and returns it;
+    /// the messages before it are skipped.
+    pub async fn wait_for(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let mut buf = vec![0u8; 4096];
+        let found = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let n = self
+                    .socket
+                    .recv(&mut buf)
+                    .await
+                    .expect("notify socket readable");
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if want(&message) {
+                    return message;
+                }
             }
-        }
-    })
-    .await;
-    assert!(
-        ready.is_ok(),
-        "the agent sent no READY=1 within {DEADLINE:?}"
-    );
-    child
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("the agent sent no {what} within {DEADLINE:?}"))
+    }
+}
+
+impl Default for NotifySocket {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Sends SIGTERM to an agent process and waits (with [`DEADLINE`]) for it to exit; returns

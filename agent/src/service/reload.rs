@@ -514,7 +514,7 @@ mod tests {
         new.devices[0].credential = Credential::SymmetricKey(Secret::new("rotated"));
         new.devices[2].history = Some(crate::store::HistoryLimits {
             max_bytes: 1024,
-            max_age: Duration::from_secs(60),
+            max_age: Duration::from_mins(1),
         });
         let (plan, _) = plan(&site(), new);
         assert_eq!(plan.identities.changed, strings(&["a1", "b1"]));
