@@ -1,7 +1,8 @@
 //! `Runtime::reload` on the real runtime: a simulated Modbus unit on a pty line, the hub
 //! emulator over TLS. A changed credential gets its identity a new session while the bus keeps
 //! running (and still applies desired values after the restart); new hub settings reconnect
-//! every session and leave the bus alone; a refused spec changes nothing.
+//! every session (a PATCH left unanswered by the old one is reconciled, not waited for) and
+//! leave the bus alone; a refused spec changes nothing.
 
 use std::time::Duration;
 
@@ -197,6 +198,30 @@ async fn new_hub_settings_reconnect_every_session_and_leave_the_bus_alone() {
     .await;
     let since = [GATEWAY, BOILER].map(|d| site.connection_changed(d));
     site.remove_port_link();
+    // A PATCH still in flight when its session is replaced: it will never be answered.
+    site.hub
+        .emu()
+        .hub()
+        .set_faults(|f| f.twin_response_delay = Duration::from_hours(1));
+    site.sim.handle().set_values(1, Table::Input, 0, &[217]);
+    let store = runtime.handle().store().clone();
+    eventually("a PATCH is in flight", DEADLINE, || {
+        let store = store.clone();
+        async move {
+            store
+                .sync_state(BOILER)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.in_flight.is_some() && s.local["temperature"] == json!(21.7))
+        }
+    })
+    .await;
+    // Only that PATCH is held up (the delay is taken when a request arrives).
+    site.hub
+        .emu()
+        .hub()
+        .set_faults(|f| f.twin_response_delay = Duration::ZERO);
 
     let mut new = site.spec.clone();
     new.link.request_timeout = Duration::from_secs(4);

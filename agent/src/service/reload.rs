@@ -248,10 +248,14 @@ impl Runtime {
         // Bridges first: they use the identities that may go away below.
         self.stop_bridges(&plan.buses.stopping(), &plan.lines.stopping())
             .await;
-        self.stop_identities(&plan.identities.removed, true).await;
+        self.stop_identities(&plan.identities.removed, true)
+            .await
+            .map_err(|e| ReloadError::Failed(e.into()))?;
         // The old session of a changed identity ends before its new one connects (the hub
         // would kick one of two connections with the same id off).
-        self.stop_identities(&plan.identities.changed, false).await;
+        self.stop_identities(&plan.identities.changed, false)
+            .await
+            .map_err(|e| ReloadError::Failed(e.into()))?;
         self.spec = new;
         let starting: Vec<_> = self
             .spec

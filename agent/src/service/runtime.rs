@@ -456,7 +456,11 @@ impl Runtime {
     /// Stops the drivers of `ids`, then their sessions (MQTT DISCONNECT). With `forget`, they
     /// are also removed from the handle (their desired watches close); otherwise they are
     /// expected to be started again with [`Runtime::start_identity`].
-    pub(super) async fn stop_identities(&mut self, ids: &[String], forget: bool) {
+    pub(super) async fn stop_identities(
+        &mut self,
+        ids: &[String],
+        forget: bool,
+    ) -> Result<(), StoreError> {
         let mut tasks = HashSet::new();
         for id in ids {
             if let Some(identity) = self.identities.get(id) {
@@ -472,6 +476,11 @@ impl Runtime {
             .collect();
         // One connection per identity at the hub: the old one is gone before a new one starts.
         futures::future::join_all(sessions.iter().map(SessionHandle::shutdown)).await;
+        // A PATCH the stopped driver left in flight will never be answered: its outcome is
+        // unknown, as after a lost link (else the next driver would wait for it forever).
+        for id in ids {
+            self.handle.store.disconnected(id).await?;
+        }
         if forget {
             let mut registry = self.handle.registry_mut();
             for id in ids {
@@ -480,6 +489,7 @@ impl Runtime {
                 self.identities.remove(id);
             }
         }
+        Ok(())
     }
 
     /// Puts the handle's identities in the order of `spec` (gateway first).
