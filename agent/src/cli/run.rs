@@ -111,6 +111,12 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
             return EX_CONFIG;
         }
     };
+    // Checked with the configuration: a log_level that got this far parses.
+    if let Err(e) =
+        crate::service::logging::apply_config(checked.config.gateway.log_level.as_deref())
+    {
+        tracing::warn!("{e}");
+    }
     for warning in checked.config.warnings() {
         tracing::warn!("{warning}");
     }

@@ -18,6 +18,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::status_line::DeviceBoard;
+use super::watchdog::ProgressBoard;
 use crate::bridge::{BridgeError, BusSpec, LineSpec, run_bus, run_line};
 use crate::hub::{Credential, HubLink, LinkError, LinkSettings, Pacing, SessionHandle};
 use crate::store::{HistoryLimits, Store, StoreError, StoreOptions};
@@ -108,6 +110,9 @@ pub struct RuntimeHandle {
     /// In configuration order, gateway first.
     order: Arc<[String]>,
     identities: Arc<HashMap<String, Identity>>,
+    /// Operations (systemd watchdog and status): loops to check, field devices' states.
+    progress: ProgressBoard,
+    device_board: DeviceBoard,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -177,6 +182,17 @@ impl RuntimeHandle {
     /// The store (read access for status and tests).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The loops the systemd watchdog checks (bus tasks and line-device bridges register).
+    pub fn progress(&self) -> &ProgressBoard {
+        &self.progress
+    }
+
+    /// Every running field device's link state (the bridges set it), for `STATUS=` and the
+    /// state-change log lines.
+    pub fn device_board(&self) -> &DeviceBoard {
+        &self.device_board
     }
 
     fn identity(&self, device: &str) -> Result<&Identity, HandleError> {
@@ -265,6 +281,8 @@ impl Runtime {
             gateway_id: Arc::from(spec.gateway.id.as_str()),
             order: all.iter().map(|i| i.id.clone()).collect(),
             identities: Arc::new(identities),
+            progress: ProgressBoard::default(),
+            device_board: DeviceBoard::default(),
         };
         // The first summary goes out at start, whether or not a status changes.
         status_changed.notify_one();
