@@ -64,13 +64,29 @@ impl Site {
         }
     }
 
-    /// `twinbridge run` with stderr into [`Site::stderr`] and the given log filter.
+    /// Sets `[gateway] log_level` in the configuration.
+    fn set_log_level(&self, level: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config readable");
+        let text = text.replacen(
+            "state_dir = \"state\"\n",
+            &format!("state_dir = \"state\"\nlog_level = \"{level}\"\n"),
+            1,
+        );
+        assert!(text.contains("log_level"), "the head has a state_dir line");
+        std::fs::write(&self.config, text).expect("config written");
+    }
+
+    /// `twinbridge run` with stderr into [`Site::stderr`] and the given log filter
+    /// (`TWINBRIDGE_LOG`; empty: none, the configuration's then applies).
     fn command(&self, log: &str) -> Command {
         let mut command = Command::new(agent_binary());
+        command.args(["run", "--config"]).arg(&self.config);
+        if log.is_empty() {
+            command.env_remove("TWINBRIDGE_LOG");
+        } else {
+            command.env("TWINBRIDGE_LOG", log);
+        }
         command
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("TWINBRIDGE_LOG", log)
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
             .env_remove("WATCHDOG_USEC")
@@ -275,6 +291,36 @@ async fn status_counts_devices_online_and_one_fewer_when_a_unit_falls_silent() {
     assert!(
         !stderr.contains('\u{1b}'),
         "no colour codes in a file: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_log_level_applies_when_the_environment_sets_none() {
+    let site = Site::start().await;
+    site.set_log_level("warn");
+    let notify = Notifications::bind();
+    let child = spawn(site.command(""), &notify);
+    notify
+        .until("STATUS= with every device online", |l| {
+            l.starts_with("STATUS=2/2 devices online")
+        })
+        .await;
+    site.line.handle().set_silent(1, true);
+    notify
+        .until("STATUS= with meter-01 offline", |l| {
+            l.starts_with("STATUS=1/2 devices online")
+        })
+        .await;
+    eventually("the warning on stderr", DEADLINE, || async {
+        site.stderr().contains("device offline")
+    })
+    .await;
+    let status = terminate(child).await;
+    assert!(status.success(), "{status:?}");
+    let stderr = site.stderr();
+    assert!(
+        !stderr.contains("device online") && !stderr.contains(" INFO "),
+        "info lines filtered out by log_level = \"warn\": {stderr}"
     );
 }
 
