@@ -120,7 +120,7 @@ fn main() -> ExitCode {
     let config_path = cli.config.unwrap_or_else(Config::default_path);
     let code = match cli.command {
         Command::Run { credentials } => {
-            init_logging();
+            twinbridge::service::logging::init(twinbridge::service::logging::DEFAULT_LEVEL);
             cli::run::run(
                 &config_path,
                 cli::check_config::credentials_dir(credentials.credentials_dir).as_deref(),
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo { once, phase } => {
-            init_logging_default("warn");
+            twinbridge::service::logging::init("warn");
             cli::demo::run(once, phase, &mut std::io::stderr())
         }
         Command::Forget { device } => cli::forget::run(
@@ -161,20 +161,4 @@ fn main() -> ExitCode {
         ),
     };
     ExitCode::from(code)
-}
-
-/// Logs to stderr (journald captures it under systemd), filtered by `TWINBRIDGE_LOG`
-/// (`info` by default; e.g. `TWINBRIDGE_LOG=twinbridge=debug`).
-fn init_logging() {
-    init_logging_default("info");
-}
-
-/// [`init_logging`] with another default level.
-fn init_logging_default(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TWINBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

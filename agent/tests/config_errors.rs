@@ -20,7 +20,7 @@ fn every_error_of_the_bad_fixture_is_reported_with_its_place() {
     let errors = Config::load(&path).unwrap_err();
     let expected = [
         r#"config.toml:4:6: gateway: id: a device id may only contain ASCII letters, digits and -.%_*?!(),:=@$', got "gw 01""#,
-        "config.toml:5:1: gateway: colour: unknown key (expected one of: id, state_dir, auth, keys_file, group_key_file, cert_file, key_file)",
+        "config.toml:5:1: gateway: colour: unknown key (expected one of: id, state_dir, log_level, auth, keys_file, group_key_file, cert_file, key_file)",
         r#"config.toml:8:8: hub: host: expected a host name without scheme, like "myhub.azure-devices.net", got "mqtts://myhub.azure-devices.net""#,
         "config.toml:9:8: hub: port: expected a port number from 1 to 65535, got 70000",
         r#"config.toml:10:13: hub: transport: expected one of "mqtt", "mqtt-ws", got "amqp""#,
@@ -198,4 +198,22 @@ fn a_ca_file_without_certificates_is_refused() {
             r#"config.toml:5:11: hub: ca_file: $DIR/ca.pem: no PEM certificate ("-----BEGIN CERTIFICATE-----") in it"#
         ]
     );
+}
+
+#[test]
+fn a_log_level_that_is_neither_a_level_nor_directives_is_refused_with_its_place() {
+    for value in ["\"inof\"", "3", "\"info,=x[\""] {
+        let lines = errors_of(&format!(
+            "[gateway]\nid = \"gw\"\nlog_level = {value}\n[hub]\nhost = \"h\"\n"
+        ));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("config.toml:3:13: gateway: log_level: expected a level"),
+            "{lines:?}"
+        );
+    }
+    for good in ["\"debug\"", "\"WARN\"", "\"warn,twinbridge::bridge=debug\""] {
+        let text = format!("[gateway]\nid = \"gw\"\nlog_level = {good}\n[hub]\nhost = \"h\"\n");
+        Config::from_str_at(&text, Path::new("/etc/twinbridge/config.toml")).expect("accepted");
+    }
 }

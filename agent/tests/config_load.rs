@@ -33,6 +33,10 @@ fn the_good_fixture_loads_with_drop_ins_merged_in_name_order() {
         "relative to the config dir"
     );
     assert_eq!(config.store_path(), d.join("state/twinbridge.db"));
+    assert_eq!(
+        config.gateway.log_level.as_deref(),
+        Some("info,twinbridge::hub=debug")
+    );
 
     let hub = &config.hub;
     assert_eq!(hub.host, "myhub.azure-devices.net");

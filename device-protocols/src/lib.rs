@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod bus;
 pub mod codec;
 pub mod health;
+pub mod heartbeat;
 pub mod line;
 pub mod planner;
 pub mod point;

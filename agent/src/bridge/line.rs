@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use device_protocols::health::PortState;
+use device_protocols::heartbeat::Heartbeat;
 use device_protocols::line::{
     LineDevice, LineDeviceConfig, LineDeviceHandle, LineWriteError, Template,
 };
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use super::mapping::ack;
 use super::{BridgeError, HEALTH_KEY, applied, local_of, put_health};
 use crate::service::RuntimeHandle;
+use crate::service::status_line::DeviceLink;
 use crate::twin::{Ack, AckCode, is_noop};
 
 pub use mapping::{LineAction, LinkView, ReadingPatch, Refusal};
@@ -119,6 +121,13 @@ pub async fn run_line(
         handle.merge_local(&spec.device, stale).await?;
     }
     let port_path = spec.config.serial.path.display().to_string();
+    // On the watchdog's and STATUS='s boards while this bridge runs; the loop below beats on
+    // every round (its health tick makes one at least every second).
+    let heartbeat = Heartbeat::new();
+    let _progress = handle
+        .progress()
+        .register(format!("line device {}", spec.device), heartbeat.clone());
+    let _on_board = handle.device_board().register(&spec.device, &port_path);
     let mut writer = tokio::spawn(desired_loop(
         spec.device.clone(),
         spec.command.clone(),
@@ -140,6 +149,7 @@ pub async fn run_line(
     // In a block, so that a store error (`?`) still stops the writer and the port below.
     let result: Result<(), BridgeError> = async {
         loop {
+            heartbeat.beat();
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 reading = readings.recv() => {
@@ -159,7 +169,8 @@ pub async fn run_line(
                             tracing::warn!(device = spec.device, field, reason, "reading field dropped (warned once per field)");
                         }
                     }
-                    put_line_health(&mut patch, &spec, &gateway, &port_path, &device, &mut seen, &local);
+                    let (link, reason) = put_line_health(&mut patch, &spec, &gateway, &port_path, &device, &mut seen, &local);
+                    handle.device_board().set(&spec.device, link, reason.as_deref());
                     if !is_noop(&patch) {
                         handle.merge_local(&spec.device, patch).await?;
                     }
@@ -167,7 +178,8 @@ pub async fn run_line(
                 _ = health_tick.tick() => {
                     let local = local_of(&handle, &spec.device).await?;
                     let mut patch = Json::Object(Map::new());
-                    put_line_health(&mut patch, &spec, &gateway, &port_path, &device, &mut seen, &local);
+                    let (link, reason) = put_line_health(&mut patch, &spec, &gateway, &port_path, &device, &mut seen, &local);
+                    handle.device_board().set(&spec.device, link, reason.as_deref());
                     if !is_noop(&patch) {
                         handle.merge_local(&spec.device, patch).await?;
                     }
@@ -195,6 +207,7 @@ pub async fn run_line(
 }
 
 /// Adds the device's link-health object to `patch` when it differs from the stored one.
+/// Returns the state and last error it shows, for the device board.
 fn put_line_health(
     patch: &mut Json,
     spec: &LineSpec,
@@ -203,7 +216,7 @@ fn put_line_health(
     device: &LineDeviceHandle,
     seen: &mut Seen,
     local: &Json,
-) {
+) -> (DeviceLink, Option<String>) {
     let health = device.health();
     let now = Instant::now();
     if health.counters.malformed > seen.malformed_count {
@@ -221,7 +234,13 @@ fn put_line_health(
         silence: spec.silence,
     };
     let held = local.get(HEALTH_KEY);
-    put_health(patch, held, mapping::health_object(&view, held));
+    let object = mapping::health_object(&view, held);
+    let shown = (
+        DeviceLink::from_status(object["status"].as_str().unwrap_or_default()),
+        object["lastError"].as_str().map(str::to_owned),
+    );
+    put_health(patch, held, object);
+    shown
 }
 
 /// Sends the commands desired updates of one device call for, in order, until `stop`.

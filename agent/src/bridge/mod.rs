@@ -38,6 +38,7 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::service::status_line::DeviceLink;
 use crate::service::{HandleError, RuntimeHandle};
 use crate::twin::{Ack, AckCode, diff, is_noop};
 
@@ -123,6 +124,14 @@ pub async fn run_bus(
         source,
     })?;
     let devices: HashMap<u8, DeviceMap> = spec.devices.into_iter().map(|d| (d.unit, d)).collect();
+    // On the watchdog's and STATUS='s boards while this bridge runs.
+    let _progress = handle
+        .progress()
+        .register(format!("bus {bus_name}"), bus.heartbeat());
+    let _on_board: Vec<_> = devices
+        .values()
+        .map(|d| handle.device_board().register(&d.device, &bus_name))
+        .collect();
 
     let mut writers = tokio::task::JoinSet::new();
     for device in devices.values() {
@@ -154,6 +163,7 @@ pub async fn run_bus(
                 if !is_noop(&patch) {
                     handle.merge_local(&device.device, patch).await?;
                 }
+                board_health(&handle, device, &bus);
             }
             _ = health_tick.tick() => {
                 for device in devices.values() {
@@ -163,6 +173,7 @@ pub async fn run_bus(
                     if !is_noop(&patch) {
                         handle.merge_local(&device.device, patch).await?;
                     }
+                    board_health(&handle, device, &bus);
                 }
             }
             Some(done) = writers.join_next() => {
@@ -176,6 +187,24 @@ pub async fn run_bus(
     while writers.join_next().await.is_some() {}
     bus.shutdown().await;
     result
+}
+
+/// Puts the device's state on the runtime's device board (which logs changes).
+fn board_health(handle: &RuntimeHandle, device: &DeviceMap, bus: &BusHandle) {
+    let health = bus.health();
+    let unit = health.unit(device.unit);
+    let link = match health.port {
+        PortState::Open => unit.map_or(DeviceLink::Unknown, |u| {
+            DeviceLink::from_status(u.status.as_str())
+        }),
+        PortState::Starting => DeviceLink::Unknown,
+        PortState::Down { .. } | PortState::Stopped => DeviceLink::Offline,
+    };
+    let reason = match &health.port {
+        PortState::Down { error, .. } => Some(error.as_str()),
+        _ => unit.and_then(|u| u.last_error.as_deref()),
+    };
+    handle.device_board().set(&device.device, link, reason);
 }
 
 /// Adds the device's link-health object to `patch` when it differs from the stored one.

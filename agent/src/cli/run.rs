@@ -112,6 +112,12 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
             return EX_CONFIG;
         }
     };
+    // Checked with the configuration: a log_level that got this far parses.
+    if let Err(e) =
+        crate::service::logging::apply_config(checked.config.gateway.log_level.as_deref())
+    {
+        tracing::warn!("{e}");
+    }
     for warning in checked.config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -141,6 +147,12 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
 fn reload_spec(path: &Path, credentials_dir: Option<&Path>) -> Option<RuntimeSpec> {
     match load_checked(path, credentials_dir) {
         Ok(checked) => {
+            // The new level applies at once, so the rest of the reload logs at it.
+            if let Err(e) =
+                crate::service::logging::apply_config(checked.config.gateway.log_level.as_deref())
+            {
+                tracing::warn!("{e}");
+            }
             for warning in checked.config.warnings() {
                 tracing::warn!("{warning}");
             }

@@ -21,6 +21,8 @@
 //! [gateway]
 //! id = "gw-plant7-01"                  # required: the gateway's own identity (it has a twin)
 //! state_dir = "/var/lib/twinbridge"    # default; the SQLite file is state_dir/twinbridge.db
+//! log_level = "info"                   # default; or directives "info,twinbridge::hub=debug";
+//!                                      # RUST_LOG / TWINBRIDGE_LOG override it
 //! # auth, keys_file, group_key_file, cert_file, key_file: as for [[device]]
 //!
 //! [hub]
@@ -221,6 +223,9 @@ pub struct GatewayConfig {
     pub id: String,
     /// Directory of the local state (the SQLite file).
     pub state_dir: PathBuf,
+    /// `log_level`: the log filter when neither `RUST_LOG` nor `TWINBRIDGE_LOG` is set (a
+    /// level or `tracing` filter directives); `None`: `info`.
+    pub log_level: Option<String>,
     /// How the gateway identity authenticates (hub defaults applied).
     pub auth: AuthConfig,
     /// Where the id is set (for messages about this identity).

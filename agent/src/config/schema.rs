@@ -557,7 +557,7 @@ fn gateway_config(
     defaults: &AuthDefaults,
     sink: &mut Sink<'_>,
 ) -> Option<GatewayConfig> {
-    let mut allowed = vec!["id", "state_dir"];
+    let mut allowed = vec!["id", "state_dir", "log_level"];
     allowed.extend(AUTH_KEYS);
     section.deny_unknown(&allowed, sink);
     let id = identity_id(section, sink);
@@ -565,14 +565,56 @@ fn gateway_config(
         None => Some(PathBuf::from("/var/lib/twinbridge")),
         Some(_) => section.path("state_dir", sink).map(|f| f.path),
     };
+    let log_level = log_level(section, sink);
     let auth = auth(section, defaults, sink);
     let (id, pos) = id?;
     Some(GatewayConfig {
         id: id.to_owned(),
         state_dir: state_dir?,
+        log_level: log_level.ok()?,
         auth: auth?,
         defined_at: sink.sources.location(pos),
     })
+}
+
+/// `log_level`: a level or `tracing` filter directives (`"info,twinbridge::hub=debug"`);
+/// `Ok(None)` when absent, `Err` when invalid (reported to `sink`).
+fn log_level(section: &Section<'_>, sink: &mut Sink<'_>) -> Result<Option<String>, ()> {
+    let Some(entry) = section.get("log_level") else {
+        return Ok(None);
+    };
+    let expected = "a level (\"error\", \"warn\", \"info\", \"debug\", \"trace\") or filter \
+                    directives like \"info,twinbridge::hub=debug\"";
+    match entry.node.value.as_str() {
+        Some(text) if is_log_filter(text) => Ok(Some(text.to_owned())),
+        Some(text) => {
+            sink.push(
+                entry.node.pos,
+                &section.context,
+                &section.field("log_level"),
+                format!("expected {expected}, got {text:?}"),
+            );
+            Err(())
+        }
+        None => {
+            section.wrong(sink, "log_level", &entry.node, expected);
+            Err(())
+        }
+    }
+}
+
+/// A level name, or `tracing` filter directives (a bare word that is not a level would be
+/// taken as a target name by the filter parser: a typo like `"inof"` must be an error).
+pub(crate) fn is_log_filter(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let text = text.trim();
+    if text.is_empty() {
+        return false;
+    }
+    if !text.contains(['=', ',', '[', ':']) {
+        return LEVELS.contains(&text.to_ascii_lowercase().as_str());
+    }
+    tracing_subscriber::EnvFilter::builder().parse(text).is_ok()
 }
 
 const HUB_KEYS: &[&str] = &[

@@ -192,7 +192,9 @@ pub(super) fn spawn(
         backoff: Backoff::new(link.settings.backoff),
         failures: 0,
     };
-    tokio::spawn(task.run());
+    // Every line of the session carries IDENTITY= in the journal.
+    let span = tracing::info_span!("hub", identity = %task.device_id);
+    tokio::spawn(tracing::Instrument::instrument(task.run(), span));
     (shared, cmd_tx, ev_rx)
 }
 
@@ -345,10 +347,11 @@ impl Task {
                 }
             };
             if self.failures > 0 {
-                tracing::info!(device = %self.device_id, failed_attempts = self.failures,
+                // Debug: the service logs link changes per identity, rate-limited.
+                tracing::debug!(device = %self.device_id, failed_attempts = self.failures,
                     "connected to the hub after failed attempts");
             } else {
-                tracing::info!(device = %self.device_id, "connected to the hub");
+                tracing::debug!(device = %self.device_id, "connected to the hub");
             }
             self.failures = 0;
             self.backoff.reset();
@@ -357,14 +360,14 @@ impl Task {
             match self.connected(conn, started).await {
                 Ended::Stop => break,
                 Ended::Renew => {
-                    tracing::info!(device = %self.device_id, "reconnecting to renew the SAS token");
+                    tracing::debug!(device = %self.device_id, "reconnecting to renew the SAS token");
                     self.ctl.emit(SessionEvent::Disconnected {
                         reason: "renewing SAS token".into(),
                     });
                 }
                 Ended::Lost(reason) => {
                     let lost = self.shared.lose_link();
-                    tracing::info!(device = %self.device_id, %reason, pending_requests = lost,
+                    tracing::debug!(device = %self.device_id, %reason, pending_requests = lost,
                         "disconnected from the hub");
                     self.ctl.emit(SessionEvent::Disconnected { reason });
                     // Jittered, so that a hub-wide drop does not bring every identity back at

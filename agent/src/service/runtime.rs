@@ -19,6 +19,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::status_line::DeviceBoard;
+use super::watchdog::ProgressBoard;
 use crate::bridge::{BridgeError, BusSpec, LineSpec, run_bus, run_line};
 use crate::hub::{Credential, HubLink, LinkError, LinkSettings, Pacing, SessionHandle};
 use crate::store::{HistoryLimits, Store, StoreError, StoreOptions};
@@ -118,6 +120,9 @@ pub struct RuntimeHandle {
     gateway_id: Arc<str>,
     /// Held only for map look-ups and updates, never across an await.
     identities: Arc<RwLock<Registry>>,
+    /// Operations (systemd watchdog and status): loops to check, field devices' states.
+    progress: ProgressBoard,
+    device_board: DeviceBoard,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -198,6 +203,17 @@ impl RuntimeHandle {
     /// The store (read access for status and tests).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The loops the systemd watchdog checks (bus tasks and line-device bridges register).
+    pub fn progress(&self) -> &ProgressBoard {
+        &self.progress
+    }
+
+    /// Every running field device's link state (the bridges set it), for `STATUS=` and the
+    /// state-change log lines.
+    pub fn device_board(&self) -> &DeviceBoard {
+        &self.device_board
     }
 
     fn identity(&self, device: &str) -> Result<Identity, HandleError> {
@@ -322,6 +338,8 @@ impl Runtime {
             store,
             gateway_id: Arc::from(spec.gateway.id.as_str()),
             identities: Arc::default(),
+            progress: ProgressBoard::default(),
+            device_board: DeviceBoard::default(),
         };
         let mut runtime = Self {
             handle,

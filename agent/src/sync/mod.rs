@@ -102,7 +102,13 @@ enum Leave {
 impl Driver {
     /// Runs until `stop` is cancelled or the session goes away. Returns an error only when the
     /// store fails (the agent cannot keep its promises without it).
-    pub async fn run(mut self, stop: CancellationToken) -> Result<(), StoreError> {
+    pub async fn run(self, stop: CancellationToken) -> Result<(), StoreError> {
+        // Every line of the driver carries IDENTITY= in the journal.
+        let span = tracing::info_span!("sync", identity = %self.device);
+        tracing::Instrument::instrument(self.drive(stop), span).await
+    }
+
+    async fn drive(mut self, stop: CancellationToken) -> Result<(), StoreError> {
         self.publish_stored_desired().await?;
         self.refresh_status().await?;
         loop {
@@ -393,7 +399,8 @@ impl Driver {
     }
 
     fn on_disconnected(&self, reason: String) {
-        tracing::info!(device = self.device, reason, "hub link down");
+        // Debug: the service logs link changes per identity, rate-limited.
+        tracing::debug!(device = self.device, reason, "hub link down");
         self.set_status(|s| {
             s.connected = false;
             s.last_disconnect = Some(reason);

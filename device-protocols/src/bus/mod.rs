@@ -62,6 +62,7 @@ use tokio_modbus::{Request, Response};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::codec::{self, DecodeError, EncodeError, WriteData};
 use crate::health::{BusHealth, BusStatus, HealthTx, PortState, UnitHealth, UnitStatus};
+use crate::heartbeat::{HEARTBEAT_EVERY, Heartbeat};
 use crate::planner::{AdaptivePlanner, PlanIssue, PlanLimits, ReadRequest, SplitOutcome};
 use crate::point::{Point, Table, Value};
 use crate::serial::SerialSettings;
@@ -410,6 +411,7 @@ pub struct BusHandle {
     commands: mpsc::Sender<Command>,
     health: watch::Receiver<BusHealth>,
     status: watch::Receiver<BusStatus>,
+    heartbeat: Heartbeat,
 }
 
 impl Bus {
@@ -437,7 +439,9 @@ impl Bus {
             .collect();
         // As if the last unit had just been served: the first turn is the first unit's.
         let rr = states.len().saturating_sub(1);
+        let heartbeat = Heartbeat::new();
         let runtime = Runtime {
+            heartbeat: heartbeat.clone(),
             reopen: Backoff::new(config.reopen_backoff),
             config,
             units: states,
@@ -454,6 +458,7 @@ impl Bus {
                 commands: cmd_tx,
                 health: health_rx,
                 status: status_rx,
+                heartbeat,
             },
             event_rx,
         ))
@@ -516,6 +521,13 @@ impl BusHandle {
     /// backed-off unit, sends none — so a bridge can mark devices offline from it alone.
     pub fn watch_status(&self) -> watch::Receiver<BusStatus> {
         self.status.clone()
+    }
+
+    /// The bus task's [`Heartbeat`]: stamped every time its loop goes round, at least every
+    /// [`HEARTBEAT_EVERY`] when idle or waiting to reopen the port (plus one transaction's
+    /// timeout while one is in progress). It stops when the task is stuck or ended.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
     }
 
     /// Stops the bus task (closing the port) and waits for it.
@@ -665,6 +677,8 @@ struct Runtime {
     rr: usize,
     /// Who asked for the shutdown, told once the port is closed.
     stopped_ack: Option<oneshot::Sender<()>>,
+    /// Stamped every round of the loop (see [`BusHandle::heartbeat`]).
+    heartbeat: Heartbeat,
 }
 
 impl Runtime {
@@ -672,6 +686,7 @@ impl Runtime {
         let name = self.config.name.clone();
         tracing::info!(bus = %name, transport = %self.config.transport, units = self.units.len(), "bus starting");
         loop {
+            self.heartbeat.beat();
             if self.link.is_none() && !self.open_link().await {
                 break;
             }
@@ -697,13 +712,15 @@ impl Runtime {
                 self.step(idx).await;
                 continue;
             }
-            let wake = self.units.iter().map(|u| u.next_due).min();
-            let sleep = async {
-                match wake {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
+            // Idle: wake at least every HEARTBEAT_EVERY to show the loop is alive.
+            let beat_due = Instant::now() + HEARTBEAT_EVERY;
+            let wake = self
+                .units
+                .iter()
+                .map(|u| u.next_due)
+                .min()
+                .map_or(beat_due, |t| t.min(beat_due));
+            let sleep = tokio::time::sleep_until(wake);
             tokio::select! {
                 () = sleep => {}
                 cmd = self.commands.recv() => match cmd {
@@ -757,7 +774,12 @@ impl Runtime {
                 Err(error) => {
                     let attempts = self.reopen.failures() + 1;
                     let delay = self.reopen.next_delay();
-                    tracing::warn!(bus = %self.config.name, %error, retry_in = ?delay, "cannot open port");
+                    // Once per outage at warn; the retries are expected until it comes back.
+                    if attempts == 1 {
+                        tracing::warn!(bus = %self.config.name, %error, retry_in = ?delay, "cannot open port");
+                    } else {
+                        tracing::debug!(bus = %self.config.name, %error, attempts, retry_in = ?delay, "cannot open port");
+                    }
                     self.health.modify(|h| {
                         h.port = PortState::Down {
                             error: error.clone(),
@@ -770,8 +792,13 @@ impl Runtime {
                     });
                     let deadline = Instant::now() + delay;
                     loop {
+                        self.heartbeat.beat();
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let wake = deadline.min(Instant::now() + HEARTBEAT_EVERY);
                         tokio::select! {
-                            () = tokio::time::sleep_until(deadline) => break,
+                            () = tokio::time::sleep_until(wake) => {},
                             cmd = self.commands.recv() => match cmd {
                                 Some(
                                     Command::Write { reply, point, .. }
@@ -832,6 +859,7 @@ impl Runtime {
         let unit = self.units[idx].unit;
         let mut attempts = 0;
         loop {
+            self.heartbeat.beat();
             let Some(link) = self.link.as_mut() else {
                 return Err(TxError::Port("port not open".into()));
             };
@@ -912,7 +940,9 @@ impl Runtime {
                     }
                     if u.consecutive_unanswered >= offline_after && u.status != UnitStatus::Offline
                     {
-                        tracing::warn!(bus = %bus, unit = u.unit, last_error = ?u.last_error,
+                        // Debug: users log status changes from `watch_status` (with their own
+                        // names for units, and rate-limited against flapping).
+                        tracing::debug!(bus = %bus, unit = u.unit, last_error = ?u.last_error,
                             "unit offline after {} transactions without a valid answer",
                             u.consecutive_unanswered);
                         u.online = false;
@@ -1068,7 +1098,8 @@ impl Runtime {
             let uh = &mut h.units[idx];
             if let Some(delay) = faulted_delay {
                 if uh.status != UnitStatus::Faulted {
-                    tracing::warn!(bus = %bus, unit, last_error = ?uh.last_error,
+                    // Debug, as for offline units: users log it from `watch_status`.
+                    tracing::debug!(bus = %bus, unit, last_error = ?uh.last_error,
                         "unit faulted: every read of its cycle was refused with an exception");
                 }
                 uh.online = true;

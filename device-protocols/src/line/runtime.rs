@@ -412,7 +412,12 @@ impl Runtime {
                     let error = e.to_string();
                     let attempts = self.reopen.failures() + 1;
                     let delay = self.reopen.next_delay();
-                    tracing::warn!(device = %self.config.name, %error, retry_in = ?delay, "cannot open port");
+                    // Once per outage at warn; the retries are expected until it comes back.
+                    if attempts == 1 {
+                        tracing::warn!(device = %self.config.name, %error, retry_in = ?delay, "cannot open port");
+                    } else {
+                        tracing::debug!(device = %self.config.name, %error, attempts, retry_in = ?delay, "cannot open port");
+                    }
                     self.health.send_modify(|h| {
                         h.port = PortState::Down { error, attempts };
                         h.open_failures += 1;
