@@ -205,7 +205,10 @@ fn the_shipped_example_passes_check_config_once_the_gateway_key_exists() {
         stderr.contains(": keys_file: reading key file "),
         "{stderr}"
     );
-    assert!(stderr.contains("\n1 error in the configuration"), "{stderr}");
+    assert!(
+        stderr.contains("\n1 error in the configuration"),
+        "{stderr}"
+    );
     let keys = write(dir.path(), "keys.toml", "gw-01 = \"Z3c=\"\n");
     set_mode(&keys, 0o600);
     let out = check_config(&path);
