@@ -194,20 +194,32 @@ fn example() -> String {
 }
 
 #[test]
-fn the_shipped_example_passes_check_config_once_its_keys_exist() {
+fn the_shipped_example_passes_check_config_once_the_gateway_key_exists() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "config.toml", &example());
     let out = check_config(&path);
     assert_eq!(out.status.code(), Some(78), "keys.toml is not shipped");
-    let keys = write(
-        dir.path(),
-        "keys.toml",
-        "gw-01 = \"Z3c=\"\nmeter-01 = \"bTE=\"\n",
+    // The gateway's key is the only thing missing from the file as installed.
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(": keys_file: reading key file "),
+        "{stderr}"
     );
+    assert!(
+        stderr.contains("\n1 error in the configuration"),
+        "{stderr}"
+    );
+    let keys = write(dir.path(), "keys.toml", "gw-01 = \"Z3c=\"\n");
     set_mode(&keys, 0o600);
     let out = check_config(&path);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("hub: myhub.azure-devices.net:8883 (mqtt)\n"));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("hub: myhub.azure-devices.net:8883 (mqtt)\n"));
+    // As shipped, no device is configured: the gateway is the only identity.
+    assert!(
+        stdout.contains("identities: 1 (the gateway and 0 devices)\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
