@@ -262,6 +262,9 @@ struct RunningIdentity {
 #[derive(Debug, Default)]
 struct Tasks {
     set: JoinSet<Result<(), RuntimeError>>,
+    /// The tasks not joined yet: one that ended on its own (a session gone) and was joined by
+    /// `failed` must not be waited for when it is stopped later.
+    live: HashSet<tokio::task::Id>,
     failure: Option<RuntimeError>,
 }
 
@@ -270,7 +273,21 @@ impl Tasks {
         &mut self,
         task: impl Future<Output = Result<(), RuntimeError>> + Send + 'static,
     ) -> tokio::task::Id {
-        self.set.spawn(task).id()
+        let id = self.set.spawn(task).id();
+        self.live.insert(id);
+        id
+    }
+
+    /// Joins the next task to end: `None` when there is none, else its failure if it failed.
+    /// Cancel-safe.
+    async fn join_next(&mut self) -> Option<(tokio::task::Id, Option<RuntimeError>)> {
+        let (id, error) = match self.set.join_next_with_id().await? {
+            Ok((id, Ok(()))) => (id, None),
+            Ok((id, Err(e))) => (id, Some(e)),
+            Err(e) => (e.id(), Some(RuntimeError::Task(e.to_string()))),
+        };
+        self.live.remove(&id);
+        Some((id, error))
     }
 
     /// The next failure; pending forever while all is well. Cancel-safe.
@@ -279,10 +296,9 @@ impl Tasks {
             return e;
         }
         loop {
-            match self.set.join_next().await {
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => return e,
-                Some(Err(e)) => return RuntimeError::Task(e.to_string()),
+            match self.join_next().await {
+                Some((_, None)) => {}
+                Some((_, Some(e))) => return e,
                 None => std::future::pending::<()>().await,
             }
         }
@@ -290,12 +306,10 @@ impl Tasks {
 
     /// Waits until every task in `ids` has ended (their tokens already cancelled).
     async fn wait_for(&mut self, mut ids: HashSet<tokio::task::Id>) {
+        ids.retain(|id| self.live.contains(id));
         while !ids.is_empty() {
-            let (id, error) = match self.set.join_next_with_id().await {
-                Some(Ok((id, Ok(())))) => (id, None),
-                Some(Ok((id, Err(e)))) => (id, Some(e)),
-                Some(Err(e)) => (e.id(), Some(RuntimeError::Task(e.to_string()))),
-                None => return,
+            let Some((id, error)) = self.join_next().await else {
+                return;
             };
             ids.remove(&id);
             if self.failure.is_none() {
@@ -399,12 +413,7 @@ impl Runtime {
     pub async fn shutdown(mut self) -> Result<(), RuntimeError> {
         self.stop.cancel();
         let mut first_error = self.tasks.failure.take();
-        while let Some(result) = self.tasks.set.join_next().await {
-            let error = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
-                Err(e) => Some(RuntimeError::Task(e.to_string())),
-            };
+        while let Some((_, error)) = self.tasks.join_next().await {
             if first_error.is_none() {
                 first_error = error;
             }
@@ -649,4 +658,63 @@ fn summary_part(local: &Value) -> Value {
         }
     }
     Value::Object(part)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_ended_on_its_own_is_not_waited_for_when_stopped() {
+        let mut tasks = Tasks::default();
+        let ended = tasks.spawn(async { Ok(()) });
+        let forever = CancellationToken::new();
+        let stop = forever.clone();
+        let running = tasks.spawn(async move {
+            stop.cancelled().await;
+            Ok(())
+        });
+        // `failed` joins the task that ended (and keeps waiting: nothing failed).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), tasks.failed())
+                .await
+                .is_err()
+        );
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tasks.wait_for(HashSet::from([ended])),
+        )
+        .await
+        .expect("not waiting for a task that was joined already");
+        forever.cancel();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tasks.wait_for(HashSet::from([running])),
+        )
+        .await
+        .expect("the stopped task is joined");
+        assert!(tasks.live.is_empty() && tasks.failure.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failure_seen_while_waiting_for_another_task_is_kept() {
+        let mut tasks = Tasks::default();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let stopped = tasks.spawn(async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        tasks.spawn(async { Err(RuntimeError::Task("boom".into())) });
+        // Let the failing task end before the other is stopped.
+        tokio::task::yield_now().await;
+        stop.cancel();
+        tasks.wait_for(HashSet::from([stopped])).await;
+        let failure = tokio::time::timeout(Duration::from_secs(5), tasks.failed())
+            .await
+            .expect("the failure is reported");
+        assert!(matches!(failure, RuntimeError::Task(m) if m == "boom"));
+    }
 }
