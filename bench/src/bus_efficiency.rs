@@ -78,6 +78,15 @@ pub struct RunResult {
     pub byte_late: Summary,
     /// Request frames seen on the wire in the window.
     pub requests_seen: usize,
+    /// Request frames from their first byte read by the relay to their last byte delivered
+    /// (ideal: request bytes × char time).
+    pub request_frame: Summary,
+    /// Answer frames, the same way (ideal: answer bytes × char time; longer when the device
+    /// writes its answer in pieces).
+    pub answer_frame: Summary,
+    /// Answer frames per request frame (1 unless answers arrive in pieces more than t1.5
+    /// apart).
+    pub answer_pieces: f64,
 }
 
 impl RunResult {
@@ -96,10 +105,10 @@ impl RunResult {
         self.achieved() / self.ideal_rate()
     }
 
-    /// Achieved / ideal when the ideal also contains the device's measured (median) answer
-    /// latency, i.e. the share of the line the bus side wastes.
+    /// Achieved / ideal when the ideal also contains the device's measured (mean) answer
+    /// latency: what is left is lost on the bus side (gap beyond t3.5) and in the relay.
     pub fn ratio_bus_only(&self) -> f64 {
-        let ideal = self.ideal.as_secs_f64() + self.answer_latency.median as f64 * 1e-9;
+        let ideal = self.ideal.as_secs_f64() + self.answer_latency.mean as f64 * 1e-9;
         self.achieved() * ideal
     }
 }
@@ -145,7 +154,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<RunResult>> {
     );
     println!();
     println!(
-        "| baud | run | achieved tx/s | ideal tx/s | achieved / ideal | gap before request: median / p99 / min / mean (ms) | t3.5 (ms) | device answer latency median (µs) | achieved / (ideal + device latency) | relay lateness at frame end: median / p99 (µs) | failed tx |"
+        "| baud | run | achieved tx/s | ideal tx/s | achieved / ideal | gap before request: median / p99 / min / mean (ms) | t3.5 (ms) | device answer latency median / mean (µs) | achieved / (ideal + mean device latency) | relay lateness at frame end: median / p99 (µs) | failed tx |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: |");
     for &baud in &opts.bauds {
@@ -153,7 +162,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<RunResult>> {
             let r = run_once(dir.path(), baud, opts)
                 .with_context(|| format!("bus-efficiency at {baud} baud, run {run}"))?;
             println!(
-                "| {baud} | {run} | {:.2} | {:.2} | {:.1} % | {} / {} / {} / {} | {} | {} | {:.1} % | {} / {} | {} |",
+                "| {baud} | {run} | {:.2} | {:.2} | {:.1} % | {} / {} / {} / {} | {} | {} / {} | {:.1} % | {} / {} | {} |",
                 r.achieved(),
                 r.ideal_rate(),
                 r.ratio() * 100.0,
@@ -163,6 +172,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<RunResult>> {
                 ms(r.gap.mean),
                 ms(nanos(r.min_gap)),
                 us(r.answer_latency.median),
+                us(r.answer_latency.mean),
                 r.ratio_bus_only() * 100.0,
                 us(r.frame_end_late.median),
                 us(r.frame_end_late.p99),
@@ -171,6 +181,13 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<RunResult>> {
             results.push(r);
         }
     }
+    print_medians(&results, opts);
+    print_breakdown(&results, opts);
+    Ok(results)
+}
+
+/// Medians over the runs of each baud rate.
+fn print_medians(results: &[RunResult], opts: &Options) {
     println!();
     println!("Medians over the runs:");
     println!();
@@ -206,7 +223,39 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<RunResult>> {
             us(late_max),
         );
     }
-    Ok(results)
+}
+
+/// Where the time of each run's mean transaction goes.
+fn print_breakdown(results: &[RunResult], opts: &Options) {
+    println!();
+    println!(
+        "Where the time of a transaction goes (means over the window, from the relay's frame log; ms):"
+    );
+    println!();
+    println!(
+        "| baud | run | request on the wire (ideal) | device answer latency | answer on the wire (ideal) | answer pieces / request | gap before request (t3.5) | sum | measured period (window / tx) |"
+    );
+    println!("| ---: | ---: | --- | ---: | --- | ---: | --- | ---: | ---: |");
+    for (i, r) in results.iter().enumerate() {
+        let line = settings(std::path::Path::new("/dev/null"), r.baud);
+        let (req, ans) = frame_bytes(opts.registers);
+        let sum = r.request_frame.mean + r.answer_latency.mean + r.answer_frame.mean + r.gap.mean;
+        println!(
+            "| {} | {} | {} ({}) | {} | {} ({}) | {:.2} | {} ({}) | {} | {} |",
+            r.baud,
+            i % opts.runs + 1,
+            ms(r.request_frame.mean),
+            ms(nanos(line.transmit_time(req))),
+            ms(r.answer_latency.mean),
+            ms(r.answer_frame.mean),
+            ms(nanos(line.transmit_time(ans))),
+            r.answer_pieces,
+            ms(r.gap.mean),
+            ms(nanos(r.min_gap)),
+            ms(sum),
+            ms(nanos(r.window) / r.transactions.max(1)),
+        );
+    }
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -346,7 +395,7 @@ fn run_once(dir: &std::path::Path, baud: u32, opts: &Options) -> anyhow::Result<
     if transactions == 0 {
         bail!("no transaction in the window: is the line working? ({after:?})");
     }
-    let (gaps, latencies, requests_seen) = line_timing(frames);
+    let timing = line_timing(frames);
     Ok(RunResult {
         baud,
         transactions,
@@ -354,34 +403,50 @@ fn run_once(dir: &std::path::Path, baud: u32, opts: &Options) -> anyhow::Result<
         window: elapsed,
         ideal: ideal_transaction(baud, opts),
         min_gap: line.inter_frame_gap().max(opts.turnaround),
-        gap: Summary::of(&gaps),
-        answer_latency: Summary::of(&latencies),
+        gap: Summary::of(&timing.gaps),
+        answer_latency: Summary::of(&timing.latencies),
         frame_end_late: Summary::of(&pacing.frame_end_ns),
         byte_late: Summary::of(&pacing.byte_ns),
-        requests_seen,
+        requests_seen: timing.requests.len(),
+        request_frame: Summary::of(&timing.requests),
+        answer_frame: Summary::of(&timing.answers),
+        answer_pieces: timing.answers.len() as f64 / timing.requests.len().max(1) as f64,
     })
 }
 
-/// From the frame log: silences before requests (answer delivered → next request starts),
-/// answer latencies (request delivered → answer starts), and the number of requests.
-fn line_timing(mut frames: Vec<Frame>) -> (Vec<u64>, Vec<u64>, usize) {
+/// What the frame log says about the line.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LineTiming {
+    /// Silences before requests: answer delivered → next request starts.
+    gaps: Vec<u64>,
+    /// Answer latencies: request delivered → answer starts.
+    latencies: Vec<u64>,
+    /// Request frames, first byte read → last byte delivered.
+    requests: Vec<u64>,
+    /// Answer frames, the same way.
+    answers: Vec<u64>,
+}
+
+fn line_timing(mut frames: Vec<Frame>) -> LineTiming {
     frames.sort_by_key(|f| f.start);
-    let mut gaps = Vec::new();
-    let mut latencies = Vec::new();
+    let mut t = LineTiming::default();
     for pair in frames.windows(2) {
         let (a, b) = (pair[0], pair[1]);
         let silence = nanos(b.start.saturating_duration_since(a.delivered));
         match (a.dir, b.dir) {
-            (Direction::FarToNear, Direction::NearToFar) => gaps.push(silence),
-            (Direction::NearToFar, Direction::FarToNear) => latencies.push(silence),
+            (Direction::FarToNear, Direction::NearToFar) => t.gaps.push(silence),
+            (Direction::NearToFar, Direction::FarToNear) => t.latencies.push(silence),
             _ => {}
         }
     }
-    let requests = frames
-        .iter()
-        .filter(|f| f.dir == Direction::NearToFar)
-        .count();
-    (gaps, latencies, requests)
+    for f in &frames {
+        let d = nanos(f.delivered.saturating_duration_since(f.start));
+        match f.dir {
+            Direction::NearToFar => t.requests.push(d),
+            Direction::FarToNear => t.answers.push(d),
+        }
+    }
+    t
 }
 
 #[cfg(test)]
@@ -436,9 +501,10 @@ mod tests {
             frame(Direction::NearToFar, 24, 30),
             frame(Direction::FarToNear, 31, 40),
         ];
-        let (gaps, lat, requests) = line_timing(frames);
-        assert_eq!(gaps, vec![4_000_000]);
-        assert_eq!(lat, vec![2_000_000, 1_000_000]);
-        assert_eq!(requests, 2);
+        let t = line_timing(frames);
+        assert_eq!(t.gaps, vec![4_000_000]);
+        assert_eq!(t.latencies, vec![2_000_000, 1_000_000]);
+        assert_eq!(t.requests, vec![10_000_000, 6_000_000]);
+        assert_eq!(t.answers, vec![8_000_000, 9_000_000]);
     }
 }

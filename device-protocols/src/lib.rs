@@ -14,3 +14,4 @@ pub mod pty;
 pub mod scan;
 pub mod serial;
 pub mod sim;
+pub mod timer;
