@@ -395,6 +395,14 @@ fn run_once(dir: &std::path::Path, baud: u32, opts: &Options) -> anyhow::Result<
     if transactions == 0 {
         bail!("no transaction in the window: is the line working? ({after:?})");
     }
+    if successes < transactions {
+        for u in &after.units {
+            eprintln!(
+                "  {baud} baud unit {}: timeouts {}, corrupted {}, exceptions {}, last error: {:?}",
+                u.unit, u.timeouts, u.crc_errors, u.exceptions, u.last_error
+            );
+        }
+    }
     let timing = line_timing(frames);
     Ok(RunResult {
         baud,
