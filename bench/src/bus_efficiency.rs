@@ -396,6 +396,21 @@ fn run_once(dir: &std::path::Path, baud: u32, opts: &Options) -> anyhow::Result<
         bail!("no transaction in the window: is the line working? ({after:?})");
     }
     if successes < transactions {
+        // Which side held the answer back: a split or late answer on the wire means the
+        // device side; complete, prompt answers mean the bus did not read what it was given.
+        let answer_bytes = frame_bytes(opts.registers).1;
+        let odd = frames
+            .iter()
+            .filter(|f| f.dir == Direction::FarToNear && f.bytes != answer_bytes)
+            .map(|f| f.bytes)
+            .collect::<Vec<_>>();
+        let t = line_timing(frames.clone());
+        eprintln!(
+            "  {baud} baud line: answer frames not of {answer_bytes} bytes: {odd:?}; longest answer \
+             latency {} ms, longest gap before a request {} ms",
+            ms(t.latencies.iter().copied().max().unwrap_or(0)),
+            ms(t.gaps.iter().copied().max().unwrap_or(0)),
+        );
         for u in &after.units {
             eprintln!(
                 "  {baud} baud unit {}: timeouts {}, corrupted {}, exceptions {}, last error: {:?}",
