@@ -15,3 +15,4 @@ pub mod pty;
 pub mod scan;
 pub mod serial;
 pub mod sim;
+pub mod timer;

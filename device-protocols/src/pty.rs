@@ -260,18 +260,29 @@ impl VirtualPort {
         self.master.take()
     }
 
-    /// Closes the master (the client sees a hang-up) and removes the link.
+    /// Removes the link, then closes the master (the client sees a hang-up).
+    ///
+    /// In this order, the link never points at a closed pty: the kernel reuses a closed pty's
+    /// number for the next pair opened anywhere in the process (e.g. by a concurrent test), so
+    /// a client reopening the link in between would be connected to someone else's pty.
     pub fn unplug(&mut self) -> io::Result<()> {
+        let removed = self.link.remove();
         self.master = None;
-        self.link.remove()
+        removed
     }
 
-    /// Closes any current master, opens a new pair and points the link at it.
+    /// Opens a new pair, points the link at it, then closes the old master (if any).
+    ///
+    /// The new pair is opened while the old one is still open, so it gets a different
+    /// `/dev/pts/N`, and the link moves from one live pty to the other (see
+    /// [`unplug`](Self::unplug) for why it must never point at a closed one).
     pub fn replug(&mut self) -> io::Result<&mut PtyMaster> {
-        self.master = None;
         let master = PtyMaster::open()?;
         self.link.point_to(&master)?;
-        Ok(self.master.insert(master))
+        let old = self.master.take();
+        let master = self.master.insert(master);
+        drop(old);
+        Ok(master)
     }
 }
 
@@ -279,5 +290,28 @@ impl Drop for VirtualPort {
     fn drop(&mut self) {
         // Best effort: a stale link to a dead pty only confuses a later test run.
         let _ = self.link.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_link_never_points_at_a_closed_pty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut port = VirtualPort::new(dir.path().join("ttyBUS")).unwrap();
+        let first = std::fs::read_link(port.path()).unwrap();
+        port.replug().unwrap();
+        let second = std::fs::read_link(port.path()).unwrap();
+        // The new pair was opened while the old one was still open: a different number (the
+        // kernel would otherwise hand the closed pty's number out again, here or to anyone),
+        // and the link moved straight from the live old pty to the live new one.
+        assert_ne!(first, second);
+        assert!(second.exists(), "the link points at a live pty");
+        // Unplugging removes the link before the pty closes: afterwards there is no link.
+        port.unplug().unwrap();
+        assert!(std::fs::symlink_metadata(port.path()).is_err());
+        assert!(port.master().is_none());
     }
 }

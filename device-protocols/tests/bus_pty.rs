@@ -663,10 +663,16 @@ async fn unplug_mid_transaction_then_replug_resumes_polling() {
     })
     .await;
     sim.unplug().await.unwrap();
-    let h = health_until(&bus, "port down", |h| {
-        matches!(h.port, PortState::Down { .. })
+    // Down lasts until the replug (the link is gone, so no reopen can succeed); a reopen
+    // meanwhile would mean the bus reached some other pty, so stop at either and tell which.
+    let h = health_until(&bus, "port down (or reopened)", |h| {
+        matches!(h.port, PortState::Down { .. }) || h.opens > 1
     })
     .await;
+    assert_eq!(
+        h.opens, 1,
+        "the bus reopened the port while it was unplugged: {h:#?}"
+    );
     assert!(
         h.units.iter().all(|u| !u.online),
         "units unreachable while the port is down"

@@ -21,6 +21,7 @@ use tokio_modbus::prelude::SlaveContext as _;
 use tokio_modbus::{Request, Response, Slave};
 
 use super::{Exception, Transport};
+use crate::timer::PreciseTimer;
 
 /// Anything a Modbus client can run over.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -128,6 +129,8 @@ pub(crate) struct Link {
     timeout: Duration,
     /// Minimum silence before sending: max(t3.5, turnaround).
     gap: Duration,
+    /// Keeps `gap` to the microsecond rather than tokio's millisecond (see [`crate::timer`]).
+    timer: PreciseTimer,
     last_activity: Instant,
     /// Bytes may still be arriving from an earlier transaction.
     dirty: bool,
@@ -191,6 +194,7 @@ pub(crate) async fn open(
         ctx: None,
         timeout,
         gap,
+        timer: PreciseTimer::new(),
         last_activity: Instant::now(),
         dirty: false,
         closed,
@@ -207,7 +211,9 @@ impl Link {
         if self.dirty {
             self.drain().await?;
         }
-        tokio::time::sleep_until(self.last_activity + self.gap).await;
+        // Never less than `gap` after the last byte in or out, and no more than the timer's
+        // wake-up latency beyond it.
+        self.timer.sleep_until(self.last_activity + self.gap).await;
         let io = self.io.clone();
         let framing = self.framing;
         let ctx = self.ctx.get_or_insert_with(|| match framing {

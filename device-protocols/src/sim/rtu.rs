@@ -233,9 +233,12 @@ impl Client {
         match self {
             Client::Pty(port) => {
                 // Should not happen (no client is not an error for a pty master); treat it as
-                // an unplug rather than spin on a failing fd.
+                // an unplug rather than spin on a failing fd (the link goes too: it must never
+                // point at a closed pty, see `VirtualPort::unplug`).
                 tracing::warn!("simulator: pty master: {why}; unplugged");
-                drop(port.take_master());
+                if let Err(e) = port.unplug() {
+                    tracing::warn!("simulator: {e}");
+                }
             }
             Client::Serial { settings, port } => {
                 tracing::warn!(

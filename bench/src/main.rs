@@ -1,0 +1,79 @@
+//! `twinbridge-bench`: benchmarks that need real parts. See `BENCHMARKS.md`.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use twinbridge_bench::bus_efficiency;
+
+/// Benchmarks of twinbridge on real parts (ptys with wire time, the simulator, the bus).
+#[derive(Debug, Parser)]
+#[command(name = "twinbridge-bench")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Transactions per second of the bus on a line with wire time, against the ideal for
+    /// the same frames with t3.5 gaps (issue 10).
+    BusEfficiency {
+        /// Baud rates (8N1), comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "9600,115200")]
+        baud: Vec<u32>,
+        /// Measuring window of each run, in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Warm-up before each window, in seconds.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Runs per baud rate.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Units on the line.
+        #[arg(long, default_value_t = 4)]
+        units: u8,
+        /// Contiguous u16 holding registers read from each unit.
+        #[arg(long, default_value_t = 20)]
+        registers: u16,
+        /// The bus's turnaround (silence after each answer, e.g. 5ms; t3.5 is always kept).
+        #[arg(long, default_value = "0s", value_parser = humantime_duration)]
+        turnaround: Duration,
+        /// The simulator's answer delay (e.g. 2ms).
+        #[arg(long, default_value = "0s", value_parser = humantime_duration)]
+        sim_delay: Duration,
+    },
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 5ms, 1.5s)"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::BusEfficiency {
+            baud,
+            seconds,
+            warmup,
+            runs,
+            units,
+            registers,
+            turnaround,
+            sim_delay,
+        } => {
+            let opts = bus_efficiency::Options {
+                bauds: baud,
+                window: Duration::from_secs(seconds),
+                warmup: Duration::from_secs(warmup),
+                runs: runs.max(1),
+                units,
+                registers,
+                turnaround,
+                sim_delay,
+            };
+            bus_efficiency::run(&opts)?;
+        }
+    }
+    Ok(())
+}
