@@ -412,7 +412,8 @@ async fn under_systemd_lines_go_to_journald_with_device_bus_and_identity_fields(
     let site = Site::start().await;
     let notify = Notifications::bind();
     let pid_file = site.hub.dir().join("journald.pid");
-    let agent = site.command("info");
+    // The session's debug lines too: they carry IDENTITY= from the session's span.
+    let agent = site.command("info,twinbridge::hub=debug");
     let command = in_namespace(&agent, Some(&journald), &pid_file);
     let child = command_with_stderr(command, &site, &notify);
     notify
@@ -449,6 +450,20 @@ async fn under_systemd_lines_go_to_journald_with_device_bus_and_identity_fields(
         },
     )
     .await;
+    eventually(
+        "a session line of meter-02 in the journal",
+        DEADLINE,
+        || async {
+            journal(&journald_pid, "IDENTITY=meter-02").iter().any(|e| {
+                e["MESSAGE"] == "connected to the hub"
+                    && e["SPAN_NAME"] == "hub"
+                    && e["DEVICE"] == "meter-02"
+                    && e["PRIORITY"] == "6"
+            })
+        },
+    )
+    .await;
+
     let status = terminate(child).await;
     assert!(status.success(), "{status:?}");
     let _ = nix::sys::signal::kill(
