@@ -257,6 +257,20 @@ async fn status_counts_devices_online_and_one_fewer_when_a_unit_falls_silent() {
             l.starts_with("STATUS=2/2 devices online")
         })
         .await;
+
+    // A hub outage: every identity's link down, then back.
+    site.hub.outage(true);
+    notify
+        .until("STATUS= with the hub down", |l| {
+            l.starts_with("STATUS=2/2 devices online, hub disconnected")
+        })
+        .await;
+    site.hub.outage(false);
+    notify
+        .until("STATUS= with the hub back", |l| {
+            l.starts_with("STATUS=2/2 devices online, hub connected")
+        })
+        .await;
     let status = terminate(child).await;
     assert!(status.success(), "{status:?}");
 
@@ -282,12 +296,20 @@ async fn status_counts_devices_online_and_one_fewer_when_a_unit_falls_silent() {
         2,
         "online at start and again after the fault: {stderr}"
     );
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.contains("hub connected") && l.contains(GATEWAY)),
-        "{stderr}"
-    );
+    for id in [GATEWAY, DEVICES[0].0, DEVICES[1].0] {
+        let of = |what: &str| {
+            stderr
+                .lines()
+                .filter(|l| l.contains(what) && l.contains(&format!("\"{id}\"")))
+                .count()
+        };
+        assert_eq!(
+            of("hub connected"),
+            2,
+            "{id}: at start and after the outage"
+        );
+        assert_eq!(of("hub disconnected"), 1, "{id}: once for the outage");
+    }
     assert!(
         !stderr.contains('\u{1b}'),
         "no colour codes in a file: {stderr}"
