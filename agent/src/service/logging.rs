@@ -170,6 +170,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_the_configuration_accepts_the_filter_takes() {
+        for text in [
+            "WARN",
+            "debug",
+            "off",
+            "info,twinbridge::hub=debug",
+            "twinbridge=trace",
+        ] {
+            assert!(crate::config::is_log_filter(text), "{text}");
+            assert!(EnvFilter::builder().parse(text).is_ok(), "{text}");
+        }
+        assert!(!crate::config::is_log_filter("inof"));
+    }
+
+    #[test]
     fn journal_stream_must_name_stderrs_device_and_inode() {
         assert!(is_journal_stream("8:12345", 8, 12345));
         assert!(is_journal_stream("8:12345\n", 8, 12345));
