@@ -154,6 +154,12 @@ pub fn apply_config(log_level: Option<&str>) -> Result<(), String> {
         return Ok(());
     }
     let text = log_level.unwrap_or(&installed.default);
+    // The configuration's rule (a bare word must be a level), not only the parser's.
+    if !crate::config::is_log_filter(text) {
+        return Err(format!(
+            "log filter {text:?}: not a level or filter directives"
+        ));
+    }
     let filter = EnvFilter::builder()
         .parse(text)
         .map_err(|e| format!("log filter {text:?}: {e}"))?;
