@@ -175,6 +175,7 @@ use crate::hub;
 use crate::store::HistoryLimits;
 
 pub use error::{ConfigError, ConfigErrors, Location};
+pub(crate) use schema::is_log_filter;
 
 /// Line and column lookup for files read elsewhere (the keys file).
 pub(crate) fn line_index(text: &str) -> tree::LineIndex<'_> {

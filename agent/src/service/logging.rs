@@ -154,6 +154,12 @@ pub fn apply_config(log_level: Option<&str>) -> Result<(), String> {
         return Ok(());
     }
     let text = log_level.unwrap_or(&installed.default);
+    // The configuration's rule (a bare word must be a level), not only the parser's.
+    if !crate::config::is_log_filter(text) {
+        return Err(format!(
+            "log filter {text:?}: not a level or filter directives"
+        ));
+    }
     let filter = EnvFilter::builder()
         .parse(text)
         .map_err(|e| format!("log filter {text:?}: {e}"))?;
@@ -168,6 +174,21 @@ pub fn apply_config(log_level: Option<&str>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_configuration_accepts_the_filter_takes() {
+        for text in [
+            "WARN",
+            "debug",
+            "off",
+            "info,twinbridge::hub=debug",
+            "twinbridge=trace",
+        ] {
+            assert!(crate::config::is_log_filter(text), "{text}");
+            assert!(EnvFilter::builder().parse(text).is_ok(), "{text}");
+        }
+        assert!(!crate::config::is_log_filter("inof"));
+    }
 
     #[test]
     fn journal_stream_must_name_stderrs_device_and_inode() {
