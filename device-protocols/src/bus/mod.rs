@@ -942,7 +942,7 @@ impl Runtime {
                     {
                         // Debug: users log status changes from `watch_status` (with their own
                         // names for units, and rate-limited against flapping).
-                        tracing::debug!(bus = %bus, unit = u.unit, last_error = ?u.last_error,
+                        tracing::debug!(bus = %bus, modbus_unit = u.unit, last_error = ?u.last_error,
                             "unit offline after {} transactions without a valid answer",
                             u.consecutive_unanswered);
                         u.online = false;
@@ -1018,7 +1018,7 @@ impl Runtime {
                 // A unit that was answering missed one: retry the request (after the other
                 // units' turns) before declaring it offline, so that one lost frame does not
                 // flap its health, while a dead unit is reported offline within this cycle.
-                tracing::debug!(unit = u.unit, error = %PointError::from(e), "no answer; retrying");
+                tracing::debug!(modbus_unit = u.unit, error = %PointError::from(e), "no answer; retrying");
                 cycle.queue.push_front(req);
                 return;
             }
@@ -1035,7 +1035,7 @@ impl Runtime {
                 match u.planner.on_illegal_address(&req) {
                     SplitOutcome::Retry(parts) => {
                         tracing::debug!(
-                            unit = u.unit,
+                            modbus_unit = u.unit,
                             address = req.address,
                             count = req.count,
                             parts = parts.len(),
@@ -1099,7 +1099,7 @@ impl Runtime {
             if let Some(delay) = faulted_delay {
                 if uh.status != UnitStatus::Faulted {
                     // Debug, as for offline units: users log it from `watch_status`.
-                    tracing::debug!(bus = %bus, unit, last_error = ?uh.last_error,
+                    tracing::debug!(bus = %bus, modbus_unit = unit, last_error = ?uh.last_error,
                         "unit faulted: every read of its cycle was refused with an exception");
                 }
                 uh.online = true;
