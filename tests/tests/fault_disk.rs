@@ -5,17 +5,16 @@
 //!
 //! A read-only remount is not tested: the kernel refuses `mount -o remount,ro` (EBUSY) while
 //! the agent holds the database open for writing; only the kernel itself does it (ext4
-//! `errors=remount-ro`), and the writes then fail with SQLITE_IOERR/SQLITE_READONLY, which
-//! the store retries the same way as SQLITE_FULL.
+//! `errors=remount-ro`), and the writes then fail with `SQLITE_IOERR`/`SQLITE_READONLY`, which
+//! the store retries the same way as `SQLITE_FULL`.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use device_protocols::point::Table;
-use device_protocols::sim::{RtuSim, SimMap, UnitMap};
-use twinbridge_e2e::{DEADLINE, TestHub, agent_binary, eventually, spawn_ready, terminate};
+use twinbridge_e2e::site::PtySite;
+use twinbridge_e2e::{DEADLINE, eventually, spawn_ready, terminate};
 
 const GATEWAY: &str = "gw-1";
 const DEVICE: &str = "meter-01";
@@ -88,32 +87,7 @@ fn fill(dir: &Path) -> PathBuf {
     }
 }
 
-fn temperature(hub: &TestHub) -> Option<f64> {
-    hub.reported(DEVICE).0["temperature"].as_f64()
-}
-
-fn status_output(config: &Path) -> String {
-    let out = Command::new(agent_binary())
-        .args(["status", "--config"])
-        .arg(config)
-        .output()
-        .expect("twinbridge status runs");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn integrity(db: &Path) -> String {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("store opens read-only");
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check runs")
-}
-
-/// Sets a new register value (tenths) on every call until `done` holds; returns the last one.
+/// Sets a new register value (tenths) on every call until `done` holds.
 async fn change_until(
     what: &str,
     sim: &device_protocols::sim::SimHandle,
@@ -134,61 +108,19 @@ async fn a_full_state_dir_keeps_the_agent_polling_and_loses_nothing() {
     let Some(disk) = Tmpfs::mount("2m") else {
         return;
     };
-    let hub = TestHub::start(&[GATEWAY, DEVICE]).await;
-    let line = RtuSim::start(
-        hub.dir().join("tty"),
-        SimMap::new().with_unit(1, UnitMap::new().with_input(0, &[211])),
-    )
-    .expect("line simulated");
-    let sim = line.handle();
-    let state = disk.path().join("state");
-    std::fs::create_dir(&state).expect("state dir");
-    let db = state.join("twinbridge.db");
-    let mut config = hub.config_head(GATEWAY, &state.display().to_string());
-    write!(
-        config,
-        r#"
-[[bus]]
-name = "line"
-port = "{port}"
-baud = 38400
-timeout = "100ms"
-
-[[device]]
-id = "{DEVICE}"
-bus = "line"
-unit = 1
-poll = "100ms"
-points = [
-  {{ name = "temperature", table = "input", address = 0, type = "u16", scale = 0.1 }},
-]
-"#,
-        port = line.path().display()
-    )
-    .expect("writing to a String");
-    let config_path = hub.dir().join("config.toml");
-    std::fs::write(&config_path, config).expect("config written");
-    let log_path = hub.dir().join("agent.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut command = Command::new(agent_binary());
-    command
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("TWINBRIDGE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut agent = spawn_ready(command).await;
-    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let site = PtySite::start(GATEWAY, &[DEVICE], Some(&disk.path().join("state"))).await;
+    let sim = site.sim();
+    let mut agent = spawn_ready(site.command()).await;
+    let temperature = || site.hub_temperature(DEVICE);
 
     eventually("the first value reaches the hub", DEADLINE, || async {
-        temperature(&hub) == Some(21.1)
+        temperature() == Some(21.1)
     })
     .await;
     let mut value: u16 = 300;
     sim.set_values(1, Table::Input, 0, &[value]);
     eventually("a committed value reaches the hub", DEADLINE, || async {
-        temperature(&hub) == Some(30.0)
+        temperature() == Some(30.0)
     })
     .await;
 
@@ -198,10 +130,10 @@ points = [
         "the agent reports the failing writes",
         sim,
         &mut value,
-        || read_log().contains("store write failed"),
+        || site.log().contains("store write failed"),
     )
     .await;
-    let stuck_at = temperature(&hub).expect("the hub keeps its value");
+    let stuck_at = temperature().expect("the hub keeps its value");
     assert!(stuck_at >= 30.0, "nothing committed was lost: {stuck_at}");
     let requests = sim.requests(1);
     eventually(
@@ -214,7 +146,7 @@ points = [
         agent.try_wait().expect("agent status").is_none(),
         "the agent stays up"
     );
-    let status = status_output(&config_path);
+    let status = site.status();
     assert!(
         status.contains("state directory full"),
         "status tells: {status}"
@@ -232,19 +164,19 @@ points = [
     eventually(
         "the new value reaches the hub after space returns",
         DEADLINE,
-        || async { temperature(&hub) == Some(want) },
+        || async { temperature() == Some(want) },
     )
     .await;
     assert!(
-        read_log().contains("resumed"),
+        site.log().contains("resumed"),
         "the log says writes resumed"
     );
     assert!(
-        !status_output(&config_path).contains("state directory full"),
+        !site.status().contains("state directory full"),
         "status clears"
     );
 
     let exit = terminate(agent).await;
     assert!(exit.success(), "clean exit on SIGTERM: {exit}");
-    assert_eq!(integrity(&db), "ok");
+    assert_eq!(site.integrity(), "ok");
 }

@@ -467,7 +467,9 @@ pub fn render_table(report: &Report) -> String {
     };
     let mut out = format!("store: {}\nhub link: {}\n", report.store, report.hub_link);
     if let Some(problem) = &report.state_dir_problem {
-        out.push_str(&format!("WARNING: {problem}\n"));
+        out.push_str("WARNING: ");
+        out.push_str(problem);
+        out.push('\n');
     }
     out.push_str(&line(&HEADER.map(str::to_owned)));
     out.push('\n');
@@ -547,6 +549,8 @@ fn state_dir_problem(dir: &Path) -> Option<String> {
             dir.display()
         ));
     }
+    // fsblkcnt_t and c_ulong are 32-bit on some targets (armhf).
+    #[allow(clippy::useless_conversion)]
     let free = u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
     (free < FULL_BELOW).then(|| {
         format!(

@@ -241,6 +241,8 @@ const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 struct WriteHealth {
     failing: std::sync::Mutex<Option<String>>,
     closing: std::sync::atomic::AtomicBool,
+    /// Signalled on close: ends a retry pause at once.
+    wake: std::sync::Condvar,
 }
 
 impl WriteHealth {
@@ -261,6 +263,28 @@ impl WriteHealth {
     fn closing(&self) -> bool {
         self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// Waits `delay` before the next retry, or less when the store starts closing.
+    fn pause(&self, delay: Duration) {
+        let guard = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = self
+            .wake
+            .wait_timeout_while(guard, delay, |_| !self.closing())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+
+    fn close(&self) {
+        let _guard = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_all();
+    }
 }
 
 /// Runs `job` until it answers: a write that failed for lack of space (or a read-only or
@@ -278,7 +302,7 @@ fn run_job(db: &mut db::Db, job: &mut Job, health: &WriteHealth) {
             failed = true;
         }
         health.set(Some(e.to_string()));
-        std::thread::sleep(delay); // retry backoff of the writer thread, not a synchronisation
+        health.pause(delay);
         delay = (delay * 2).min(WRITE_RETRY_MAX);
     }
     if failed {
@@ -444,9 +468,7 @@ impl Store {
     /// connection. Other clones of this handle get [`StoreError::Closed`] afterwards (as does
     /// this call if the store was already closed).
     pub fn close(self) -> Reply<()> {
-        self.health
-            .closing
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.health.close();
         let (answer_tx, answer) = oneshot::channel();
         // On failure the command (and `answer_tx`) is dropped: the Reply resolves to Closed.
         let _ = self.commands.send(Command::Close(answer_tx));
