@@ -2,6 +2,8 @@
 //! known device keys, runtime specs pointing at it, a tiny HTTP CONNECT proxy, and
 //! deadline-bounded waits.
 
+pub mod site;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;

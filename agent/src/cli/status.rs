@@ -35,6 +35,10 @@ pub struct Report {
     pub store: String,
     /// Where the hub link state is (not in the store).
     pub hub_link: &'static str,
+    /// Why the agent cannot commit new values right now, when the state directory is full or
+    /// read-only (absent when writable with room). The agent keeps polling and retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir_problem: Option<String>,
     /// Every identity of the configuration (the gateway first), then devices only in the store.
     pub devices: Vec<DeviceStatus>,
 }
@@ -285,6 +289,7 @@ pub fn build(
     Ok(Report {
         store: store.display().to_string(),
         hub_link: "not in the store: see the gateway twin and journalctl -u twinbridge",
+        state_dir_problem: None,
         devices,
     })
 }
@@ -461,6 +466,11 @@ pub fn render_table(report: &Report) -> String {
         text.trim_end().to_owned()
     };
     let mut out = format!("store: {}\nhub link: {}\n", report.store, report.hub_link);
+    if let Some(problem) = &report.state_dir_problem {
+        out.push_str("WARNING: ");
+        out.push_str(problem);
+        out.push('\n');
+    }
     out.push_str(&line(&HEADER.map(str::to_owned)));
     out.push('\n');
     for (r, device) in rows.iter().zip(&report.devices) {
@@ -525,6 +535,33 @@ pub(crate) fn open(config_path: &Path, err: &mut dyn Write) -> Result<(Config, R
     }
 }
 
+/// Below this much free space the state directory counts as full: SQLite needs room for WAL
+/// frames and the agent's commits fail.
+const FULL_BELOW: u64 = 256 * 1024;
+
+/// What keeps the agent from committing in `dir`: "state directory full" or "read-only".
+fn state_dir_problem(dir: &Path) -> Option<String> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    if stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        return Some(format!(
+            "state directory {} is read-only: new values are not committed (the agent keeps \
+             polling and retries)",
+            dir.display()
+        ));
+    }
+    // fsblkcnt_t and c_ulong are 32-bit on some targets (armhf).
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+    (free < FULL_BELOW).then(|| {
+        format!(
+            "state directory full: {} has {} KiB free; new values are not committed (the agent \
+             keeps polling and retries)",
+            dir.display(),
+            free / 1024
+        )
+    })
+}
+
 /// Runs `status`; returns the exit code: 0 shown, [`EX_CONFIG`] invalid configuration,
 /// [`EX_UNAVAILABLE`] no store yet, [`EX_NOPERM`] not readable by this user, 1 the store could
 /// not be read.
@@ -543,7 +580,8 @@ pub fn run(config_path: &Path, json: bool, out: &mut dyn Write, err: &mut dyn Wr
         )
     });
     match report {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.state_dir_problem = store.path().parent().and_then(state_dir_problem);
             let text = if json {
                 render_json(&report)
             } else {
@@ -627,6 +665,7 @@ mod tests {
         Report {
             store: "/var/lib/twinbridge/twinbridge.db".to_owned(),
             hub_link: "see the gateway twin",
+            state_dir_problem: None,
             devices: vec![
                 device_status("gw-1", Role::Gateway, false, Some(&gateway)),
                 device_status("meter-01", Role::Device, true, Some(&meter)),

@@ -156,3 +156,23 @@ pub enum StoreError {
         path: PathBuf,
     },
 }
+
+impl StoreError {
+    /// Whether this is a write that failed because the state directory is full, read-only or
+    /// failing (`SQLITE_FULL`, `SQLITE_READONLY`, `SQLITE_IOERR`, `SQLITE_CANTOPEN` on an open store):
+    /// conditions an operator can fix while the agent runs, so the writer retries them.
+    pub fn is_out_of_space(&self) -> bool {
+        let Self::Sqlite { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.sqlite_error_code(),
+            Some(
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+            )
+        )
+    }
+}

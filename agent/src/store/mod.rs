@@ -226,7 +226,90 @@ pub struct DeviceSnapshot {
     pub journal: Vec<Value>,
 }
 
-type Job = Box<dyn FnOnce(&mut db::Db) + Send>;
+/// One queued command. Called with `give_up` = whether the store is closing; returns the error
+/// when it hit a condition worth retrying (see [`StoreError::is_out_of_space`]) and did not
+/// answer, `None` once it answered.
+type Job = Box<dyn FnMut(&mut db::Db, bool) -> Option<StoreError> + Send>;
+
+/// First and longest pause between retries of a write that failed for lack of space.
+const WRITE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Shared between the handles and the writer thread: the write being retried, and whether the
+/// store is closing (retries then give up, so a stop is not held up by a full disk).
+#[derive(Debug, Default)]
+struct WriteHealth {
+    failing: std::sync::Mutex<Option<String>>,
+    closing: std::sync::atomic::AtomicBool,
+    /// Signalled on close: ends a retry pause at once.
+    wake: std::sync::Condvar,
+}
+
+impl WriteHealth {
+    fn set(&self, error: Option<String>) {
+        *self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
+    fn get(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits `delay` before the next retry, or less when the store starts closing.
+    fn pause(&self, delay: Duration) {
+        let guard = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = self
+            .wake
+            .wait_timeout_while(guard, delay, |_| !self.closing())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+
+    fn close(&self) {
+        let _guard = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+}
+
+/// Runs `job` until it answers: a write that failed for lack of space (or a read-only or
+/// failing disk) is retried with backoff, in order (later commands wait behind it, so nothing
+/// is reordered and nothing committed is touched); the condition is logged once when it
+/// starts and once when writes resume, and is readable meanwhile through
+/// [`Store::write_error`].
+fn run_job(db: &mut db::Db, job: &mut Job, health: &WriteHealth) {
+    let mut delay = WRITE_RETRY_FIRST;
+    let mut failed = false;
+    while let Some(e) = job(db, health.closing()) {
+        if !failed {
+            tracing::error!(error = %e,
+                "store write failed (disk full or not writable); polling goes on, retrying with backoff until it succeeds");
+            failed = true;
+        }
+        health.set(Some(e.to_string()));
+        health.pause(delay);
+        delay = (delay * 2).min(WRITE_RETRY_MAX);
+    }
+    if failed {
+        health.set(None);
+        tracing::warn!("store writes succeed again; resumed");
+    }
+}
 
 enum Command {
     Run(Job),
@@ -238,6 +321,7 @@ enum Command {
 pub struct Store {
     commands: mpsc::Sender<Command>,
     path: Arc<Path>,
+    health: Arc<WriteHealth>,
 }
 
 impl std::fmt::Debug for Command {
@@ -302,6 +386,8 @@ impl Store {
         let (commands, receiver) = mpsc::channel::<Command>();
         let (opened_tx, opened_rx) = mpsc::channel::<Result<(), StoreError>>();
         let thread_path = path.clone();
+        let health = Arc::new(WriteHealth::default());
+        let thread_health = health.clone();
         std::thread::Builder::new()
             .name("twinbridge-store".to_owned())
             .spawn(move || {
@@ -317,7 +403,7 @@ impl Store {
                 };
                 while let Ok(command) = receiver.recv() {
                     match command {
-                        Command::Run(job) => job(&mut db),
+                        Command::Run(mut job) => run_job(&mut db, &mut job, &thread_health),
                         Command::Close(done) => {
                             drop(db);
                             let _ = done.send(Ok(()));
@@ -335,7 +421,17 @@ impl Store {
                 path: path.to_path_buf(),
             })
         })?;
-        Ok(Self { commands, path })
+        Ok(Self {
+            commands,
+            path,
+            health,
+        })
+    }
+
+    /// The error of the write the store is retrying right now (disk full, read-only or failing
+    /// state directory), or `None` when writes succeed.
+    pub fn write_error(&self) -> Option<String> {
+        self.health.get()
     }
 
     /// The database file.
@@ -345,14 +441,23 @@ impl Store {
 
     fn run<T: Send + 'static>(
         &self,
-        job: impl FnOnce(&mut db::Db) -> Result<T, StoreError> + Send + 'static,
+        mut job: impl FnMut(&mut db::Db) -> Result<T, StoreError> + Send + 'static,
     ) -> Reply<T> {
         let (answer_tx, answer) = oneshot::channel();
+        let mut answer_tx = Some(answer_tx);
         // If the writer is gone the job (and with it `answer_tx`) is dropped: the Reply then
         // resolves to `StoreError::Closed`.
-        let _ = self.commands.send(Command::Run(Box::new(move |db| {
-            let _ = answer_tx.send(job(db));
-        })));
+        let _ = self
+            .commands
+            .send(Command::Run(Box::new(move |db, give_up| match job(db) {
+                Err(e) if e.is_out_of_space() && !give_up => Some(e),
+                result => {
+                    if let Some(tx) = answer_tx.take() {
+                        let _ = tx.send(result);
+                    }
+                    None
+                }
+            })));
         Reply {
             answer,
             path: self.path.clone(),
@@ -363,6 +468,7 @@ impl Store {
     /// connection. Other clones of this handle get [`StoreError::Closed`] afterwards (as does
     /// this call if the store was already closed).
     pub fn close(self) -> Reply<()> {
+        self.health.close();
         let (answer_tx, answer) = oneshot::channel();
         // On failure the command (and `answer_tx`) is dropped: the Reply resolves to Closed.
         let _ = self.commands.send(Command::Close(answer_tx));

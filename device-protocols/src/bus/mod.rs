@@ -857,6 +857,18 @@ impl Runtime {
         poll: bool,
     ) -> Result<Response, TxError> {
         let unit = self.units[idx].unit;
+        // A write is never sent twice: its garbled answer may hide that the unit applied it
+        // (a late answer to an earlier request, e.g. of a killed predecessor on the line,
+        // arrives first), and a desired version must reach the device at most once.
+        let retry_garbage = !matches!(
+            request,
+            Request::WriteSingleCoil(..)
+                | Request::WriteMultipleCoils(..)
+                | Request::WriteSingleRegister(..)
+                | Request::WriteMultipleRegisters(..)
+                | Request::MaskWriteRegister(..)
+                | Request::ReadWriteMultipleRegisters(..)
+        );
         let mut attempts = 0;
         loop {
             self.heartbeat.beat();
@@ -873,7 +885,9 @@ impl Runtime {
                 Err(e) => self.tally(idx, &Tally::Failure(e), poll),
             }
             match result {
-                Err(TxError::Garbage(_)) if attempts < self.config.garbage_retries => {
+                Err(TxError::Garbage(_))
+                    if retry_garbage && attempts < self.config.garbage_retries =>
+                {
                     attempts += 1;
                 }
                 Err(TxError::Port(error)) => {
