@@ -144,6 +144,7 @@ pub async fn run(
     ping: impl Fn(),
 ) {
     let answered = Arc::new(Mutex::new(Instant::now()));
+    let health = store.clone();
     let probe = {
         let answered = answered.clone();
         let stop = stop.clone();
@@ -170,7 +171,12 @@ pub async fn run(
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let store_answered = *answered.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut store_answered = *answered.lock().unwrap_or_else(PoisonError::into_inner);
+            // A writer retrying a full or read-only disk is alive (it retries with backoff and
+            // says so in the log and `status`); a restart would not give it space.
+            if health.write_error().is_some() {
+                store_answered = Instant::now();
+            }
             match verdict(Instant::now(), interval, store_answered, &board.snapshot()) {
                 Verdict::Alive => {
                     if stalled {
