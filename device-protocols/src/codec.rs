@@ -275,8 +275,8 @@ pub fn normalize(
 /// exactly) are the same value.
 pub fn same_value(point: &Point, a: &crate::point::Value, b: &crate::point::Value) -> bool {
     match (encode(point, a), encode(point, b)) {
-        (Ok(x), Ok(y)) if x == y => true,
-        (Ok(WriteData::Registers(x)), Ok(WriteData::Registers(y)))
+        (Ok(enc_a), Ok(enc_b)) if enc_a == enc_b => true,
+        (Ok(WriteData::Registers(regs_a)), Ok(WriteData::Registers(regs_b)))
             if point.is_scaled() && point.data_type.registers() == 4 =>
         {
             let raw = |regs: &[u16]| -> Option<i128> {
@@ -291,8 +291,10 @@ pub fn same_value(point: &Point, a: &crate::point::Value, b: &crate::point::Valu
                     _ => None, // f64: not an integer type, equal encodings only
                 }
             };
-            match (raw(&x), raw(&y)) {
-                (Some(x), Some(y)) => (x - y).abs() <= x.abs().max(y.abs()) >> 48,
+            match (raw(&regs_a), raw(&regs_b)) {
+                (Some(raw_a), Some(raw_b)) => {
+                    (raw_a - raw_b).abs() <= raw_a.abs().max(raw_b.abs()) >> 48
+                }
                 _ => false,
             }
         }

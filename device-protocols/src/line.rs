@@ -604,7 +604,7 @@ mod tests {
         parse_line(LineFormat::KeyValue, line)
     }
 
-    /// Found by the `line_protocol` fuzz target: without serde_json's `float_roundtrip`
+    /// Found by the `line_protocol` fuzz target: without `serde_json`'s `float_roundtrip`
     /// (enabled in the workspace) a reading's float read back from its JSON text one step
     /// off, so what the store keeps was not what the device sent.
     #[test]

@@ -489,7 +489,7 @@ mod tests {
             .to_string()
     }
 
-    /// Found by the `twin_rules` fuzz target: without serde_json's `float_roundtrip` (enabled
+    /// Found by the `twin_rules` fuzz target: without `serde_json`'s `float_roundtrip` (enabled
     /// in the workspace) an accepted document's float read back from its JSON text one step
     /// off (`19999990000000.5956296`), so a document stored as text and read again differed
     /// from itself.
