@@ -267,9 +267,37 @@ pub fn normalize(
 /// registers or bits. Compares a desired value with a read-back in the point's own type
 /// (f32 precision, scale rounding, string padding; `7`, `7.0` and `7u64` alike). False when
 /// either does not fit the point.
+///
+/// A scaled 64-bit integer point is the one case where equal encodings are too strict: its
+/// engineering value is an `f64`, which cannot name every raw integer beyond 2^53, so a
+/// value written and read back (`raw → f64 → raw`) may land a few f64 steps away. There raws
+/// within `|raw| / 2^48` (a few f64 steps; zero below 2^48, so smaller raws still compare
+/// exactly) are the same value.
 pub fn same_value(point: &Point, a: &crate::point::Value, b: &crate::point::Value) -> bool {
     match (encode(point, a), encode(point, b)) {
-        (Ok(x), Ok(y)) => x == y,
+        (Ok(enc_a), Ok(enc_b)) if enc_a == enc_b => true,
+        (Ok(WriteData::Registers(regs_a)), Ok(WriteData::Registers(regs_b)))
+            if point.is_scaled() && point.data_type.registers() == 4 =>
+        {
+            let raw = |regs: &[u16]| -> Option<i128> {
+                let unscaled = Point {
+                    scale: 1.0,
+                    offset: 0.0,
+                    ..point.clone()
+                };
+                match decode_registers(&unscaled, regs).ok()? {
+                    crate::point::Value::U64(u) => Some(i128::from(u)),
+                    crate::point::Value::I64(i) => Some(i128::from(i)),
+                    _ => None, // f64: not an integer type, equal encodings only
+                }
+            };
+            match (raw(&regs_a), raw(&regs_b)) {
+                (Some(raw_a), Some(raw_b)) => {
+                    (raw_a - raw_b).abs() <= raw_a.abs().max(raw_b.abs()) >> 48
+                }
+                _ => false,
+            }
+        }
         _ => false,
     }
 }

@@ -296,6 +296,33 @@ fn same_value_compares_in_the_points_representation() {
     assert!(same_value(&coil, &Value::U64(0), &Value::Bool(false)));
 }
 
+/// Found by the `modbus_decode` fuzz target: a scaled u64 point with a raw value beyond 2^53
+/// did not compare equal to its own read-back (`raw → f64 → raw` moved a few f64 steps), so
+/// a successful write would have been acknowledged as failed.
+#[test]
+fn huge_scaled_64_bit_values_compare_equal_to_their_read_back() {
+    for data_type in [DataType::U64, DataType::I64] {
+        let p = point(data_type, Order::CDAB)
+            .with_scale(0.01, -40.0)
+            .validated()
+            .unwrap();
+        let regs_in = [0xcbff, 0xffff, 0xffff, 0xa200];
+        let v = decode_registers(&p, &regs_in).unwrap();
+        let back = decode_registers(&p, &regs(encode(&p, &v).unwrap())).unwrap();
+        assert!(
+            same_value(&p, &v, &back),
+            "{data_type}: {v} read back as {back}"
+        );
+        // Still exact where the f64 resolves the raw value, and far values still differ.
+        assert!(!same_value(
+            &p,
+            &Value::F64(1.0e9),
+            &Value::F64(1.0e9 + 0.01)
+        ));
+        assert!(!same_value(&p, &v, &Value::F64(1.0e9)));
+    }
+}
+
 #[test]
 fn bools_accept_zero_and_one() {
     let coil = Point::new("c", Table::Coil, 0, DataType::Bool).unwrap();
