@@ -197,7 +197,7 @@ fn merge_health(
     let object = mapping::health_object(
         &placement,
         health.unit(device.unit),
-        matches!(health.port, PortState::Open),
+        &health.port,
         held,
     );
     put_health(patch, held, object);
