@@ -86,8 +86,11 @@ impl PointArgs {
         if point.data_type.registers() > 1 && !point.table.is_bits() {
             s.push_str(&format!(" {:?}", point.order));
         }
-        if point.is_scaled() {
-            s.push_str(&format!(" ×{}{:+}", point.scale, point.offset));
+        if point.scale != 1.0 {
+            s.push_str(&format!(" scale {}", point.scale));
+        }
+        if point.offset != 0.0 {
+            s.push_str(&format!(" offset {}", point.offset));
         }
         s
     }
