@@ -376,8 +376,7 @@ fn apply_rs485(path: &Path, rs485: &Rs485) -> Result<(), SerialError> {
         .open(path)
         .map_err(|e| open_error(path, &e))?;
     // Dropped (unlocked, closed) before the real open, whose own flock would conflict.
-    let probe = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-    {
+    let probe = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(probe) => probe,
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
             return Err(SerialError::InUse {

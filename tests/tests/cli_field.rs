@@ -76,6 +76,7 @@ fn agent(config: &Path) -> std::process::Command {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario: refused while the service runs, served after
 async fn field_tools_refuse_the_service_s_port_and_read_and_write_once_it_is_stopped() {
     let hub = TestHub::start(&[GATEWAY, DEVICE]).await;
     let sim = RtuSim::start(
@@ -101,8 +102,27 @@ async fn field_tools_refuse_the_service_s_port_and_read_and_write_once_it_is_sto
         "port {port} is in use by the running twinbridge service; stop it first: systemctl stop twinbridge\n"
     );
     for args in [
-        &["read", &port, "--unit", "1", "--address", "0", "--type", "f32"][..],
-        &["write", &port, "--unit", "1", "--address", "10", "--type", "u16", "7"],
+        &[
+            "read",
+            &port,
+            "--unit",
+            "1",
+            "--address",
+            "0",
+            "--type",
+            "f32",
+        ][..],
+        &[
+            "write",
+            &port,
+            "--unit",
+            "1",
+            "--address",
+            "10",
+            "--type",
+            "u16",
+            "7",
+        ],
         &["scan", &port, "--units", "1-3"],
     ] {
         let out = twinbridge(args).await;
@@ -120,7 +140,16 @@ async fn field_tools_refuse_the_service_s_port_and_read_and_write_once_it_is_sto
 
     // With the service stopped: the simulator's value, decoded like the configured point.
     let read = twinbridge(&[
-        "read", &port, "--unit", "1", "--address", "0", "--type", "f32", "--order", "CDAB",
+        "read",
+        &port,
+        "--unit",
+        "1",
+        "--address",
+        "0",
+        "--type",
+        "f32",
+        "--order",
+        "CDAB",
         "--json",
     ])
     .await;
@@ -129,7 +158,17 @@ async fn field_tools_refuse_the_service_s_port_and_read_and_write_once_it_is_sto
     assert_eq!(doc["values"][0]["value"], 21.5, "{doc}");
     assert_eq!(doc["values"][0]["raw"], serde_json::json!(F32_CDAB_21_5));
     // The same registers in the wrong order are another number: the order is applied.
-    let abcd = twinbridge(&["read", &port, "--unit", "1", "--address", "0", "--type", "f32"]).await;
+    let abcd = twinbridge(&[
+        "read",
+        &port,
+        "--unit",
+        "1",
+        "--address",
+        "0",
+        "--type",
+        "f32",
+    ])
+    .await;
     assert!(
         !text(&abcd.stdout).contains(": 21.5 "),
         "{}",
@@ -137,7 +176,16 @@ async fn field_tools_refuse_the_service_s_port_and_read_and_write_once_it_is_sto
     );
 
     let write = twinbridge(&[
-        "write", &port, "--unit", "1", "--address", "10", "--type", "u16", "--scale", "0.1",
+        "write",
+        &port,
+        "--unit",
+        "1",
+        "--address",
+        "10",
+        "--type",
+        "u16",
+        "--scale",
+        "0.1",
         "23.4",
     ])
     .await;
@@ -146,26 +194,46 @@ async fn field_tools_refuse_the_service_s_port_and_read_and_write_once_it_is_sto
         text(&write.stdout),
         "unit 1 holding 10 u16 scale 0.1: wrote 23.4, read back 23.4\n"
     );
-    assert_eq!(sim.handle().holding(1, 10), Some(234), "the register changed");
+    assert_eq!(
+        sim.handle().holding(1, 10),
+        Some(234),
+        "the register changed"
+    );
 
     // A unit that is not there: a bounded wait and EX_UNAVAILABLE.
     let absent = twinbridge(&[
-        "read", &port, "--unit", "9", "--address", "0", "--timeout", "50ms",
+        "read",
+        &port,
+        "--unit",
+        "9",
+        "--address",
+        "0",
+        "--timeout",
+        "50ms",
     ])
     .await;
     assert_eq!(absent.status.code(), Some(69), "{}", text(&absent.stderr));
-    assert_eq!(
-        text(&absent.stderr),
-        "no answer from unit 9 within 50ms\n"
-    );
+    assert_eq!(text(&absent.stderr), "no answer from unit 9 within 50ms\n");
 
     // And scan finds the unit, with what it answers.
-    let scan = twinbridge(&["scan", &port, "--units", "1-3", "--timeout", "50ms", "--json"]).await;
+    let scan = twinbridge(&[
+        "scan",
+        &port,
+        "--units",
+        "1-3",
+        "--timeout",
+        "50ms",
+        "--json",
+    ])
+    .await;
     assert_eq!(scan.status.code(), Some(0), "{}", text(&scan.stderr));
     let doc: Value = serde_json::from_slice(&scan.stdout).expect("scan --json prints JSON");
     assert_eq!(doc["units"][0]["unit"], 1, "{doc}");
     assert_eq!(doc["units"].as_array().map(Vec::len), Some(1), "{doc}");
-    assert_eq!(doc["units"][0]["tables"]["holding"]["answer"], "data", "{doc}");
+    assert_eq!(
+        doc["units"][0]["tables"]["holding"]["answer"], "data",
+        "{doc}"
+    );
     // The unit has no coils at all: exception 02 for coil 0.
     assert_eq!(doc["units"][0]["tables"]["coil"]["exception"], 2, "{doc}");
     assert_eq!(doc["probed"], 3);
@@ -190,11 +258,30 @@ async fn simulate_prints_its_pty_first_and_the_field_tools_use_it() {
     assert!(Path::new(&first).exists(), "{first:?} is the pty");
 
     let write = twinbridge(&[
-        "write", &first, "--unit", "7", "--address", "3", "--type", "i32", "--", "-70000",
+        "write",
+        &first,
+        "--unit",
+        "7",
+        "--address",
+        "3",
+        "--type",
+        "i32",
+        "--",
+        "-70000",
     ])
     .await;
     assert_eq!(write.status.code(), Some(0), "{}", text(&write.stderr));
-    let read = twinbridge(&["read", &first, "--unit", "7", "--address", "3", "--type", "i32"]).await;
+    let read = twinbridge(&[
+        "read",
+        &first,
+        "--unit",
+        "7",
+        "--address",
+        "3",
+        "--type",
+        "i32",
+    ])
+    .await;
     assert_eq!(read.status.code(), Some(0), "{}", text(&read.stderr));
     assert_eq!(
         text(&read.stdout),
@@ -233,21 +320,33 @@ async fn rs485_on_a_port_without_kernel_support_is_the_device_s_last_error() {
     let running = spawn_ready(command).await;
     let db = hub.dir().join("state").join("twinbridge.db");
     let wanted = "remove rs485 from this bus";
-    eventually("the port's error in the device's link health", DEADLINE, || async {
-        let Ok(store) = ReadOnlyStore::open(&db) else {
-            return false;
-        };
-        let Ok(Some(snapshot)) = store.snapshot(DEVICE) else {
-            return false;
-        };
-        snapshot.sync.local["gateway"]["lastError"]
-            .as_str()
-            .is_some_and(|e| e.contains(wanted))
-    })
+    eventually(
+        "the port's error in the device's link health",
+        DEADLINE,
+        || async {
+            let Ok(store) = ReadOnlyStore::open(&db) else {
+                return false;
+            };
+            let Ok(Some(snapshot)) = store.snapshot(DEVICE) else {
+                return false;
+            };
+            snapshot.sync.local["gateway"]["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains(wanted))
+        },
+    )
     .await;
     let store = ReadOnlyStore::open(&db).expect("store");
-    let local = store.snapshot(DEVICE).expect("snapshot").expect("device").sync.local;
-    let last_error = local["gateway"]["lastError"].as_str().unwrap_or_default().to_owned();
+    let local = store
+        .snapshot(DEVICE)
+        .expect("snapshot")
+        .expect("device")
+        .sync
+        .local;
+    let last_error = local["gateway"]["lastError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(
         last_error.starts_with(&format!(
             "port down: serial port {}: cannot enable RS-485 direction control (TIOCSRS485): this port has no kernel RS-485 mode",
@@ -258,7 +357,10 @@ async fn rs485_on_a_port_without_kernel_support_is_the_device_s_last_error() {
     assert_eq!(local["gateway"]["online"], false);
     assert_eq!(sim.handle().requests(1), 0, "nothing was sent on the line");
     let status = terminate(running).await;
-    assert!(status.success(), "the agent kept running and stopped cleanly: {status}");
+    assert!(
+        status.success(),
+        "the agent kept running and stopped cleanly: {status}"
+    );
     let log = std::fs::read_to_string(&log).expect("log");
     assert!(
         log.lines()

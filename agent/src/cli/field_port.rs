@@ -58,9 +58,10 @@ impl PortArgs {
     /// The transport PORT names.
     pub fn transport(&self) -> Result<Transport, String> {
         let endpoint = |rest: &str| {
-            if rest.rsplit_once(':').is_some_and(|(h, p)| {
-                !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
-            }) {
+            if rest
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            {
                 Ok(rest.to_owned())
             } else {
                 Err(format!(

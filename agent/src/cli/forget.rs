@@ -96,7 +96,11 @@ pub fn run(
     if let Confirmation::Ask(mut input) = confirmation {
         match store.snapshot(device).wait() {
             Ok(Some(snapshot)) => {
-                let keys = snapshot.sync.local.as_object().map_or(0, serde_json::Map::len);
+                let keys = snapshot
+                    .sync
+                    .local
+                    .as_object()
+                    .map_or(0, serde_json::Map::len);
                 let _ = writeln!(
                     out,
                     "This deletes what the store {} keeps about {device:?}, for good:\n  \

@@ -23,7 +23,7 @@ pub struct PointArgs {
     /// Unit (slave) id; 0 is broadcast, writes only, unanswered.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=247))]
     pub unit: u8,
-    /// Table: holding, input, coil or discrete_input.
+    /// Table: holding, input, coil or `discrete_input`.
     #[arg(long, default_value = "holding")]
     pub table: String,
     /// Zero-based protocol address (manual register 40101 is --table holding --address 100).
@@ -81,16 +81,20 @@ impl PointArgs {
     }
 
     fn describe(&self, point: &Point) -> String {
-        let mut s = format!("unit {} {} {}", self.unit, point.table, point.address);
-        s.push_str(&format!(" {}", point.data_type));
+        use std::fmt::Write as _;
+        let mut s = format!(
+            "unit {} {} {} {}",
+            self.unit, point.table, point.address, point.data_type
+        );
         if point.data_type.registers() > 1 && !point.table.is_bits() {
-            s.push_str(&format!(" {:?}", point.order));
+            let _ = write!(s, " {:?}", point.order);
         }
-        if point.scale != 1.0 {
-            s.push_str(&format!(" scale {}", point.scale));
+        // Exact: these are the values given on the command line (1 and 0 by default).
+        if (point.scale - 1.0).abs() > 0.0 {
+            let _ = write!(s, " scale {}", point.scale);
         }
-        if point.offset != 0.0 {
-            s.push_str(&format!(" offset {}", point.offset));
+        if point.offset.abs() > 0.0 {
+            let _ = write!(s, " offset {}", point.offset);
         }
         s
     }
@@ -196,45 +200,45 @@ pub fn read(args: &ReadArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     };
     field_port::block_on(async {
-            let mut ctx = match field_port::connect(&transport, err).await {
-                Ok(ctx) => ctx,
-                Err(code) => return code,
-            };
-            let mut values = Vec::new();
-            for point in &points {
-                match client::read_point(&mut ctx, a.unit, point, a.timeout).await {
-                    Ok((value, raw)) => {
-                        if !a.json {
-                            let _ = writeln!(
-                                out,
-                                "{}: {value}  (raw {})",
-                                a.describe(point),
-                                raw_text(&raw)
-                            );
-                        }
-                        values.push(json!({
-                            "address": point.address,
-                            "value": value.to_json(),
-                            "raw": raw_json(&raw),
-                        }));
+        let mut ctx = match field_port::connect(&transport, err).await {
+            Ok(ctx) => ctx,
+            Err(code) => return code,
+        };
+        let mut values = Vec::new();
+        for point in &points {
+            match client::read_point(&mut ctx, a.unit, point, a.timeout).await {
+                Ok((value, raw)) => {
+                    if !a.json {
+                        let _ = writeln!(
+                            out,
+                            "{}: {value}  (raw {})",
+                            a.describe(point),
+                            raw_text(&raw)
+                        );
                     }
-                    Err(e) => return field_port::report_request_error(&e, err),
+                    values.push(json!({
+                        "address": point.address,
+                        "value": value.to_json(),
+                        "raw": raw_json(&raw),
+                    }));
                 }
+                Err(e) => return field_port::report_request_error(&e, err),
             }
-            if a.json {
-                let doc = json!({
-                    "port": a.port.port,
-                    "unit": a.unit,
-                    "table": first.table.to_string(),
-                    "type": first.data_type.to_string(),
-                    "order": format!("{:?}", first.order),
-                    "scale": first.scale,
-                    "offset": first.offset,
-                    "values": values,
-                });
-                let _ = writeln!(out, "{doc}");
-            }
-            0
+        }
+        if a.json {
+            let doc = json!({
+                "port": a.port.port,
+                "unit": a.unit,
+                "table": first.table.to_string(),
+                "type": first.data_type.to_string(),
+                "order": format!("{:?}", first.order),
+                "scale": first.scale,
+                "offset": first.offset,
+                "values": values,
+            });
+            let _ = writeln!(out, "{doc}");
+        }
+        0
     })
     .unwrap_or_else(|e| field_port::runtime_failed(&e, err))
 }
@@ -262,7 +266,12 @@ pub fn write(args: &WriteArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let expected = match device_protocols::codec::normalize(&point, &value) {
         Ok(v) => v,
         Err(e) => {
-            let _ = writeln!(err, "cannot write {} to {}: {e}", args.value, a.describe(&point));
+            let _ = writeln!(
+                err,
+                "cannot write {} to {}: {e}",
+                args.value,
+                a.describe(&point)
+            );
             return EX_USAGE;
         }
     };
@@ -274,44 +283,44 @@ pub fn write(args: &WriteArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     };
     field_port::block_on(async {
-            let mut ctx = match field_port::connect(&transport, err).await {
-                Ok(ctx) => ctx,
-                Err(code) => return code,
-            };
-            let read_back =
-                match client::write_point(&mut ctx, a.unit, &point, &value, a.timeout).await {
-                    Ok(v) => v,
-                    Err(e) => return field_port::report_request_error(&e, err),
-                };
-            let same = point.same_value(&expected, &read_back);
-            if a.json {
-                let doc = json!({
-                    "port": a.port.port,
-                    "unit": a.unit,
-                    "table": point.table.to_string(),
-                    "address": point.address,
-                    "type": point.data_type.to_string(),
-                    "written": expected.to_json(),
-                    "readBack": read_back.to_json(),
-                    "confirmed": same,
-                });
-                let _ = writeln!(out, "{doc}");
-            } else {
-                let _ = writeln!(
-                    out,
-                    "{}: wrote {expected}, read back {read_back}",
-                    a.describe(&point)
-                );
-            }
-            if same {
-                0
-            } else {
-                let _ = writeln!(
-                    err,
-                    "the device holds {read_back}, not {expected}: it clamped or ignored the write"
-                );
-                1
-            }
+        let mut ctx = match field_port::connect(&transport, err).await {
+            Ok(ctx) => ctx,
+            Err(code) => return code,
+        };
+        let read_back = match client::write_point(&mut ctx, a.unit, &point, &value, a.timeout).await
+        {
+            Ok(v) => v,
+            Err(e) => return field_port::report_request_error(&e, err),
+        };
+        let same = point.same_value(&expected, &read_back);
+        if a.json {
+            let doc = json!({
+                "port": a.port.port,
+                "unit": a.unit,
+                "table": point.table.to_string(),
+                "address": point.address,
+                "type": point.data_type.to_string(),
+                "written": expected.to_json(),
+                "readBack": read_back.to_json(),
+                "confirmed": same,
+            });
+            let _ = writeln!(out, "{doc}");
+        } else {
+            let _ = writeln!(
+                out,
+                "{}: wrote {expected}, read back {read_back}",
+                a.describe(&point)
+            );
+        }
+        if same {
+            0
+        } else {
+            let _ = writeln!(
+                err,
+                "the device holds {read_back}, not {expected}: it clamped or ignored the write"
+            );
+            1
+        }
     })
     .unwrap_or_else(|e| field_port::runtime_failed(&e, err))
 }

@@ -9,7 +9,9 @@
 
 use std::io::{IsTerminal as _, Write};
 use std::ops::RangeInclusive;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use device_protocols::point::Table;
 use device_protocols::scan::{self, ProbeOutcome, ScanProgress, ScanSettings};
@@ -18,7 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_modbus::ExceptionCode;
 
 use super::field_port::{self, PortArgs};
-use super::{EX_USAGE, EX_UNAVAILABLE};
+use super::{EX_UNAVAILABLE, EX_USAGE};
 
 /// Exit code of a scan stopped by Ctrl-C or SIGTERM (its results so far are printed).
 pub const EX_INTERRUPTED: u8 = 130;
@@ -132,6 +134,38 @@ struct Found {
     tables: Vec<(Table, ProbeOutcome)>,
 }
 
+/// The units that answered, with their probe's outcome.
+fn answering(outcomes: &[(u8, ProbeOutcome)]) -> impl Iterator<Item = (u8, ProbeOutcome)> + '_ {
+    outcomes.iter().copied().filter(|(_, o)| o.is_present())
+}
+
+/// Asks every answering unit for one value of each table, on a fresh connection: the scan's
+/// last probe may have been abandoned mid-answer (a timeout), and its late bytes must not meet
+/// these.
+async fn probe_found(
+    transport: &device_protocols::bus::Transport,
+    outcomes: &[(u8, ProbeOutcome)],
+    timeout: Duration,
+    err: &mut dyn Write,
+) -> Result<Vec<Found>, u8> {
+    let mut ctx = field_port::connect(transport, err).await?;
+    let mut found = Vec::new();
+    for (unit, outcome) in answering(outcomes) {
+        let tables = scan::probe_tables(&mut ctx, unit, 0, timeout)
+            .await
+            .map_err(|e| {
+                let _ = writeln!(err, "{e}");
+                EX_UNAVAILABLE
+            })?;
+        found.push(Found {
+            unit,
+            outcome,
+            tables,
+        });
+    }
+    Ok(found)
+}
+
 /// Runs `scan`; returns the exit code (see [`super::field_port`]; 130 when interrupted).
 pub fn run(args: &ScanArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let transport = match args.port.transport() {
@@ -143,114 +177,94 @@ pub fn run(args: &ScanArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     };
     let terminal = std::io::stderr().is_terminal();
     field_port::block_on(async {
-            let (mut int, mut term) = match (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
-                (Ok(i), Ok(t)) => (i, t),
-                (Err(e), _) | (_, Err(e)) => {
-                    let _ = writeln!(err, "installing the signal handlers: {e}");
-                    return super::EX_SOFTWARE;
-                }
-            };
-            let mut ctx = match field_port::connect(&transport, err).await {
-                Ok(ctx) => ctx,
-                Err(code) => return code,
-            };
-            let settings = ScanSettings {
-                units: args.units.clone(),
-                timeout: args.timeout,
-                ..ScanSettings::default()
-            };
-            let mut outcomes = Vec::new();
-            let stop = async {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            };
-            let started = Instant::now();
-            let mut progress = Progress {
-                err: &mut *err,
-                terminal,
-                started,
-                found: 0,
-                last_decile: 0,
-            };
-            let result = scan::scan_until(&mut ctx, &settings, stop, |p| {
-                outcomes.push((p.unit, p.outcome));
-                progress.update(&p);
-            })
-            .await;
-            progress.finish();
-            let report = match result {
-                Ok(report) => report,
-                Err(e) => {
-                    let _ = writeln!(err, "{e}");
-                    return EX_UNAVAILABLE;
-                }
-            };
-            // A fresh connection for the table probes: the scan's last probe may have been
-            // abandoned mid-answer (a timeout), and its late bytes must not meet them.
-            drop(ctx);
-            let mut ctx = if report.interrupted || report.found.is_empty() {
-                None
-            } else {
-                match field_port::connect(&transport, err).await {
-                    Ok(ctx) => Some(ctx),
-                    Err(code) => return code,
-                }
-            };
-            let mut found = Vec::new();
-            for &(unit, outcome) in &outcomes {
-                if !outcome.is_present() {
-                    continue;
-                }
-                // After Ctrl-C the technician wants out, not four more requests per unit.
-                let tables = if let Some(ctx) = &mut ctx {
-                    match scan::probe_tables(ctx, unit, 0, args.timeout).await {
-                        Ok(tables) => tables,
-                        Err(e) => {
-                            let _ = writeln!(err, "{e}");
-                            return EX_UNAVAILABLE;
-                        }
-                    }
-                } else {
-                    Vec::new()
-                };
-                found.push(Found {
+        let (mut int, mut term) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(i), Ok(t)) => (i, t),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = writeln!(err, "installing the signal handlers: {e}");
+                return super::EX_SOFTWARE;
+            }
+        };
+        let mut ctx = match field_port::connect(&transport, err).await {
+            Ok(ctx) => ctx,
+            Err(code) => return code,
+        };
+        let settings = ScanSettings {
+            units: args.units.clone(),
+            timeout: args.timeout,
+            ..ScanSettings::default()
+        };
+        let mut outcomes = Vec::new();
+        let stop = async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        };
+        let started = Instant::now();
+        let mut progress = Progress {
+            err: &mut *err,
+            terminal,
+            started,
+            found: 0,
+            last_decile: 0,
+        };
+        let result = scan::scan_until(&mut ctx, &settings, stop, |p| {
+            outcomes.push((p.unit, p.outcome));
+            progress.update(&p);
+        })
+        .await;
+        progress.finish();
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                let _ = writeln!(err, "{e}");
+                return EX_UNAVAILABLE;
+            }
+        };
+        drop(ctx);
+        let found = if report.interrupted || report.found.is_empty() {
+            // After Ctrl-C the technician wants out, not four more requests per unit.
+            answering(&outcomes)
+                .map(|(unit, outcome)| Found {
                     unit,
                     outcome,
-                    tables,
-                });
+                    tables: Vec::new(),
+                })
+                .collect()
+        } else {
+            match probe_found(&transport, &outcomes, args.timeout, err).await {
+                Ok(found) => found,
+                Err(code) => return code,
             }
-            let probed = outcomes.len();
-            if args.json {
-                print_json(args, &found, &report, probed, out);
-            } else {
-                print_text(&found, &report, out);
-            }
-            let _ = writeln!(
-                err,
-                "{}{} unit{} found, {} garbled, {probed} of {} ids probed in {}",
-                if report.interrupted {
-                    "interrupted: "
-                } else {
-                    ""
-                },
-                found.len(),
-                if found.len() == 1 { "" } else { "s" },
-                report.garbled.len(),
-                args.units.clone().count(),
-                humantime::format_duration(Duration::from_millis(
-                    started.elapsed().as_millis() as u64
-                ))
-            );
+        };
+        let probed = outcomes.len();
+        if args.json {
+            print_json(args, &found, &report, probed, out);
+        } else {
+            print_text(&found, &report, out);
+        }
+        let _ = writeln!(
+            err,
+            "{}{} unit{} found, {} garbled, {probed} of {} ids probed in {}",
             if report.interrupted {
-                EX_INTERRUPTED
+                "interrupted: "
             } else {
-                0
-            }
+                ""
+            },
+            found.len(),
+            if found.len() == 1 { "" } else { "s" },
+            report.garbled.len(),
+            args.units.clone().count(),
+            humantime::format_duration(Duration::from_millis(started.elapsed().as_millis() as u64))
+        );
+        if report.interrupted {
+            EX_INTERRUPTED
+        } else {
+            0
+        }
     })
     .unwrap_or_else(|e| field_port::runtime_failed(&e, err))
 }
@@ -264,7 +278,7 @@ fn print_text(found: &[Found], report: &scan::ScanReport, out: &mut dyn Write) {
                 .iter()
                 .map(|(t, o)| format!("{t} {}", outcome_text(*o)))
                 .collect();
-            line.push_str(&format!(" (at address 0: {})", tables.join(", ")));
+            line = format!("{line} (at address 0: {})", tables.join(", "));
         }
         let _ = writeln!(out, "{line}");
     }

@@ -55,7 +55,7 @@ const RS485_KEYS: &[&str] = &[
     "rx_during_tx",
 ];
 
-/// The longest RTS delay: serial_core clamps larger ones to 100 ms.
+/// The longest RTS delay: the kernel's `serial_core` clamps larger ones to 100 ms.
 const MAX_RTS_DELAY: Duration = Duration::from_millis(100);
 
 /// The bus names as written (even of buses with errors, so that devices naming them are not
@@ -376,19 +376,22 @@ fn serial(section: &Section<'_>, modbus: bool, sink: &mut Sink<'_>) -> Option<Se
         settings.stop_bits = stop_bits?;
     }
     if modbus && section.get("rs485").is_some() {
-        settings.rs485 = rs485(section, sink)?;
+        settings.rs485 = rs485(section, sink).ok()?;
     }
     Some(settings)
 }
 
 /// A bus's `rs485`: `true` (the kernel's RS-485 mode with the defaults), `false` (none, as
 /// when absent), or a table of `rts_on_send`, `delay_before_send`, `delay_after_send` and
-/// `rx_during_tx`. `None` after reporting an error.
-fn rs485(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Option<Rs485>> {
-    let node = &section.get("rs485")?.node;
+/// `rx_during_tx`.
+fn rs485(section: &Section<'_>, sink: &mut Sink<'_>) -> Result<Option<Rs485>, Reported> {
+    let Some(entry) = section.get("rs485") else {
+        return Ok(None);
+    };
+    let node = &entry.node;
     let table = match &node.value {
-        Value::Boolean(on) => return Some(on.then(Rs485::default)),
-        Value::Table(_) => section.sub("rs485", sink)?,
+        Value::Boolean(on) => return Ok(on.then(Rs485::default)),
+        Value::Table(_) => section.sub("rs485", sink).ok_or(Reported)?,
         _ => {
             section.wrong(
                 sink,
@@ -396,7 +399,7 @@ fn rs485(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Option<Rs485>> {
                 node,
                 "true, false or a table like { rts_on_send = \"high\", delay_after_send = \"1ms\" }",
             );
-            return None;
+            return Err(Reported);
         }
     };
     let before = sink.errors.len();
@@ -414,11 +417,21 @@ fn rs485(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Option<Rs485>> {
         let d = table.duration(key, Duration::ZERO, sink)?;
         let node = &table.get(key).expect("read above").node;
         if d > MAX_RTS_DELAY {
-            table.wrong(sink, key, node, "at most \"100ms\" (the kernel caps RTS delays there)");
+            table.wrong(
+                sink,
+                key,
+                node,
+                "at most \"100ms\" (the kernel caps RTS delays there)",
+            );
             return None;
         }
         if d.subsec_nanos() % 1_000_000 != 0 {
-            table.wrong(sink, key, node, "whole milliseconds like \"2ms\" (the kernel's resolution)");
+            table.wrong(
+                sink,
+                key,
+                node,
+                "whole milliseconds like \"2ms\" (the kernel's resolution)",
+            );
             return None;
         }
         Some(d)
@@ -427,10 +440,10 @@ fn rs485(section: &Section<'_>, sink: &mut Sink<'_>) -> Option<Option<Rs485>> {
     let delay_after_send = delay("delay_after_send", sink);
     let rx_during_tx = table.boolean("rx_during_tx", sink);
     if sink.errors.len() > before {
-        return None;
+        return Err(Reported);
     }
     let defaults = Rs485::default();
-    Some(Some(Rs485 {
+    Ok(Some(Rs485 {
         rts_on_send: rts_on_send.unwrap_or(defaults.rts_on_send),
         delay_before_send: delay_before_send.unwrap_or(defaults.delay_before_send),
         delay_after_send: delay_after_send.unwrap_or(defaults.delay_after_send),

@@ -3,7 +3,7 @@
 //! `twinbridge simulate`).
 
 use clap::Parser;
-use device_protocols::sim::cli::{SimArgs, Serving, serve};
+use device_protocols::sim::cli::{Serving, SimArgs, serve};
 
 /// Modbus slave simulator: several units (unit ids) answering on one RTU line or one Modbus
 /// TCP endpoint, for commissioning, demos and tests.

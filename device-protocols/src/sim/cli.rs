@@ -16,6 +16,8 @@ use crate::point::Table;
 use crate::serial::{Parity, SerialSettings};
 
 /// What to simulate and where (see `modbus-sim --help` for the map file and fault syntax).
+// The field doc comments are `--help` text, not rustdoc.
+#[allow(clippy::doc_markdown)]
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
     /// Register map file (TOML, see above).
