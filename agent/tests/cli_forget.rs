@@ -54,7 +54,10 @@ fn forget_shows_what_goes_and_wants_the_device_id_typed() {
         shown.contains("its reported document (2 top-level properties)"),
         "{shown}"
     );
-    assert!(shown.ends_with("Type the device id to confirm: "), "{shown}");
+    assert!(
+        shown.ends_with("Type the device id to confirm: "),
+        "{shown}"
+    );
     assert_eq!(
         String::from_utf8(err).unwrap(),
         "not confirmed: \"old-07\" is kept\n"
@@ -70,7 +73,11 @@ fn forget_shows_what_goes_and_wants_the_device_id_typed() {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = forget::run(&config, "old-07", ask("old-07\n"), &mut out, &mut err);
     assert_eq!(code, 1);
-    assert!(String::from_utf8(err).unwrap().contains("is not in the store"));
+    assert!(
+        String::from_utf8(err)
+            .unwrap()
+            .contains("is not in the store")
+    );
 }
 
 #[test]

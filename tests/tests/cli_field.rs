@@ -368,3 +368,64 @@ async fn rs485_on_a_port_without_kernel_support_is_the_device_s_last_error() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_stopped_by_ctrl_c_prints_what_it_found_and_exits_130() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sim = RtuSim::start(
+        dir.path().join("ttyA"),
+        SimMap::new()
+            .with_unit(1, UnitMap::new().with_holding(0, &[1]))
+            .with_unit(2, UnitMap::new().with_holding(0, &[2])),
+    )
+    .expect("line simulated");
+    let port = sim.path().display().to_string();
+    // 247 ids at 100 ms each would take about 25 s.
+    let mut scan = Command::new(agent_binary())
+        .args(["scan", &port, "--timeout", "100ms", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("twinbridge scan starts");
+    let mut stderr = BufReader::new(scan.stderr.take().expect("stderr is piped")).lines();
+    // Not a terminal: a plain progress line every 10 %.
+    let progress = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let line = stderr
+                .next_line()
+                .await
+                .expect("stderr readable")
+                .expect("a progress line before the end");
+            if line.contains("2 found") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("progress within the deadline");
+    assert!(progress.starts_with("scan: "), "{progress}");
+    assert!(progress.contains("/247 probed"), "{progress}");
+    assert!(progress.contains("ETA "), "{progress}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(scan.id().expect("running")).expect("pid")),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT sent");
+    let out = tokio::time::timeout(DEADLINE, scan.wait_with_output())
+        .await
+        .expect("scan stops on SIGINT")
+        .expect("scan output");
+    assert_eq!(out.status.code(), Some(130));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("the results so far, as JSON");
+    assert_eq!(doc["interrupted"], true, "{doc}");
+    let units: Vec<&Value> = doc["units"].as_array().expect("units").iter().collect();
+    assert_eq!(units.len(), 2, "{doc}");
+    assert_eq!(
+        (units[0]["unit"].as_u64(), units[1]["unit"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let probed = doc["probed"].as_u64().expect("probed");
+    assert!((2..247).contains(&probed), "{doc}");
+}
