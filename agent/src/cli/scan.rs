@@ -25,6 +25,9 @@ use super::{EX_UNAVAILABLE, EX_USAGE};
 /// Exit code of a scan stopped by Ctrl-C or SIGTERM (its results so far are printed).
 pub const EX_INTERRUPTED: u8 = 130;
 
+/// The least time to wait for a table probe of a unit that answered the scan.
+const TABLE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// `scan`'s options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScanArgs {
@@ -235,7 +238,10 @@ pub fn run(args: &ScanArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 })
                 .collect()
         } else {
-            match probe_found(&transport, &outcomes, args.timeout, err).await {
+            // These units answered: a short scan timeout must not call their tables absent,
+            // so they get at least the bus's default timeout.
+            let timeout = args.timeout.max(TABLE_TIMEOUT);
+            match probe_found(&transport, &outcomes, timeout, err).await {
                 Ok(found) => found,
                 Err(code) => return code,
             }
