@@ -69,7 +69,38 @@ enum Command {
     Forget {
         /// The device id.
         device: String,
+        /// Do not ask (for scripts); without it, forget asks on a terminal and refuses
+        /// without one.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
+    /// Find the unit ids answering on a line, and which tables each answers. Progress on
+    /// stderr; Ctrl-C stops with the results so far (exit 130). Exit 75 when the running
+    /// service holds the port.
+    #[command(
+        after_help = "Examples:\n  twinbridge scan /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0 --baud 19200 --parity even\n  twinbridge scan tcp://10.0.0.5:502 --units 1-10 --json | jq '.units[].unit'"
+    )]
+    Scan(cli::scan::ScanArgs),
+    /// Read one typed value (or --count consecutive ones) from a unit, decoded like the
+    /// configuration's points. Exit 75 when the running service holds the port, 69 when the
+    /// unit does not answer or answers an exception.
+    #[command(
+        after_help = "Examples:\n  twinbridge read /dev/ttyUSB0 --baud 19200 --unit 1 --table input --address 0 --type f32 --order CDAB\n  twinbridge read tcp://10.0.0.5:502 --unit 7 --address 100 --scale 0.1 --count 4 --json"
+    )]
+    Read(cli::read_write::ReadArgs),
+    /// Write one typed value to a unit (encoded like the configuration's points), read it
+    /// back and print the read-back; exit 1 when the device holds another value.
+    #[command(
+        after_help = "Examples (with the service stopped):\n  twinbridge write /dev/ttyUSB0 --unit 7 --table holding --address 100 --type u16 215\n  twinbridge write tcp://10.0.0.5:502 --unit 1 --address 10 --type f32 --order CDAB -- -12.5"
+    )]
+    Write(cli::read_write::WriteArgs),
+    /// Simulate Modbus devices on a fresh pseudo-terminal (default), a serial port or TCP;
+    /// the first stdout line is where to connect. Same map file and fault options as
+    /// modbus-sim. Runs until Ctrl-C or SIGTERM.
+    #[command(
+        after_help = "Examples:\n  twinbridge simulate --units 1,7      # prints e.g. /tmp/modbus-sim-4242.tty\n  twinbridge read \"$(twinbridge simulate --pty | head -n1)\" --unit 1 --address 0   # in another shell, with the path\n  twinbridge simulate --tcp 127.0.0.1:5020 --unit 1 --slow 1=300ms"
+    )]
+    Simulate(device_protocols::sim::cli::SimArgs),
     /// Per device: twin sync state, field link health, desired version and pending acks, read
     /// from the store (read-only: safe while the agent runs). Exit 69 when there is no store yet.
     #[command(
@@ -132,12 +163,25 @@ fn main() -> ExitCode {
             twinbridge::service::logging::init("warn");
             cli::demo::run(once, phase, &mut std::io::stderr())
         }
-        Command::Forget { device } => cli::forget::run(
+        Command::Forget { device, yes } => cli::forget::run(
             &config_path,
             &device,
+            cli::forget::confirmation(yes),
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         ),
+        Command::Scan(args) => {
+            cli::scan::run(&args, &mut std::io::stdout(), &mut std::io::stderr())
+        }
+        Command::Read(args) => {
+            cli::read_write::read(&args, &mut std::io::stdout(), &mut std::io::stderr())
+        }
+        Command::Write(args) => {
+            cli::read_write::write(&args, &mut std::io::stdout(), &mut std::io::stderr())
+        }
+        Command::Simulate(args) => {
+            cli::simulate::run(args, &mut std::io::stdout(), &mut std::io::stderr())
+        }
         Command::Status { json } => cli::status::run(
             &config_path,
             json,

@@ -306,6 +306,10 @@ fn every_subcommand_help_shows_an_example() {
         &["twin", "show"],
         &["forget"],
         &["check-config"],
+        &["scan"],
+        &["read"],
+        &["write"],
+        &["simulate"],
         &["demo"],
     ] {
         let out = twinbridge()

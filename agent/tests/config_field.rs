@@ -11,7 +11,7 @@ use config_common::{copy_fixture, error_lines, write};
 use device_protocols::bus::Transport;
 use device_protocols::line::{LineDeviceConfig, LineEnding, LineFormat, LineSettings};
 use device_protocols::point::{DataType, Order, Point, Table};
-use device_protocols::serial::{Parity, SerialSettings};
+use device_protocols::serial::{Parity, Rs485, RtsLevel, SerialSettings};
 use twinbridge::config::Config;
 
 const HEAD: &str = "[gateway]\nid = \"gw\"\n[hub]\nhost = \"127.0.0.1\"\n";
@@ -35,7 +35,7 @@ fn every_field_error_of_the_bad_fixture_is_reported_with_its_place() {
         r#"config.toml:14:13: bus "rs485 a": stop_bits: expected 1 or 2, got 3"#,
         r#"config.toml:15:11: bus "rs485 a": timeout: must be more than 0, got "0s""#,
         r#"config.toml:16:14: bus "rs485 a": turnaround: expected a duration like "5s", got "soon""#,
-        r#"config.toml:17:1: bus "rs485 a": rtu: unknown key (expected one of: name, port, baud, parity, data_bits, stop_bits, tcp, rtu_over_tcp, timeout, turnaround)"#,
+        r#"config.toml:17:1: bus "rs485 a": rtu: unknown key (expected one of: name, port, baud, parity, data_bits, stop_bits, tcp, rtu_over_tcp, timeout, turnaround, rs485)"#,
         r#"config.toml:21:7: bus "tcp-1": tcp: bad port: expected host:port like "10.0.0.5:502" or "plc.local", got "plc.local:99999""#,
         r#"config.toml:22:1: bus "tcp-1": baud: only used with port (a serial line)"#,
         r#"config.toml:27:1: bus "both": tcp: a bus has one of port, tcp or rtu_over_tcp, and this one has port already"#,
@@ -419,6 +419,63 @@ fn a_port_named_by_its_kernel_number_is_warned_about() {
         [
             "bus a: port /dev/ttyUSB0 may name another adapter after a replug or a reboot; use its /dev/serial/by-id/… link (config.toml:6:8)",
             "bus b: port /dev/ttyACM1 may name another adapter after a replug or a reboot; use its /dev/serial/by-id/… link (config.toml:9:8)",
+        ]
+    );
+}
+
+#[test]
+fn rs485_direction_control_is_read_per_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "{HEAD}[[bus]]\nname = \"hat\"\nport = \"/dev/ttyAMA0\"\n\
+             rs485 = {{ rts_on_send = \"low\", delay_before_send = \"2ms\", delay_after_send = \"100ms\" }}\n\
+             [[bus]]\nname = \"plain\"\nport = \"/dev/ttyAMA1\"\nrs485 = true\n\
+             [[bus]]\nname = \"usb\"\nport = \"/dev/serial/by-id/usb-x\"\nrs485 = false\n"
+        ),
+    );
+    let config = Config::load(&path).unwrap();
+    let rs485 = |i: usize| match &config.buses[i].config.transport {
+        Transport::Serial(s) => s.rs485,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        rs485(0),
+        Some(Rs485 {
+            rts_on_send: RtsLevel::Low,
+            delay_before_send: Duration::from_millis(2),
+            delay_after_send: Duration::from_millis(100),
+            rx_during_tx: false,
+        })
+    );
+    assert_eq!(rs485(1), Some(Rs485::default()));
+    assert_eq!(rs485(1).unwrap().rts_on_send, RtsLevel::High);
+    assert_eq!(rs485(2), None);
+}
+
+#[test]
+fn rs485_mistakes_are_reported_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = errors_of(
+        dir.path(),
+        &format!(
+            "{HEAD}[[bus]]\nname = \"a\"\nport = \"/dev/ttyAMA0\"\n\
+             rs485 = {{ rts_on_send = \"up\", delay_before_send = \"200ms\", delay_after_send = \"500us\", invert = true }}\n\
+             [[bus]]\nname = \"b\"\nport = \"/dev/ttyAMA1\"\nrs485 = \"kernel\"\n\
+             [[bus]]\nname = \"c\"\ntcp = \"plc\"\nrs485 = true\n"
+        ),
+    );
+    assert_eq!(
+        errors,
+        [
+            r#"config.toml:8:25: bus "a": rs485.rts_on_send: expected one of "high", "low", got "up""#,
+            r#"config.toml:8:51: bus "a": rs485.delay_before_send: expected at most "100ms" (the kernel caps RTS delays there), got "200ms""#,
+            r#"config.toml:8:79: bus "a": rs485.delay_after_send: expected whole milliseconds like "2ms" (the kernel's resolution), got "500us""#,
+            r#"config.toml:8:88: bus "a": rs485.invert: unknown key (expected one of: rts_on_send, delay_before_send, delay_after_send, rx_during_tx)"#,
+            r#"config.toml:12:9: bus "b": rs485: expected true, false or a table like { rts_on_send = "high", delay_after_send = "1ms" }, got "kernel""#,
+            r#"config.toml:16:1: bus "c": rs485: only used with port (a serial line)"#,
         ]
     );
 }

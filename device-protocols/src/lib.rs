@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod bus;
+pub mod client;
 pub mod codec;
 pub mod health;
 pub mod heartbeat;

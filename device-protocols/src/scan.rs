@@ -8,7 +8,8 @@
 //! means *something* is there but the line settings may be wrong, and is reported separately.
 //!
 //! [`scan_port`] opens the port or connection of a [`Transport`] (the bus's own type), scans
-//! and closes it again. [`scan`] drives a tokio-modbus client [`Context`] you opened yourself,
+//! and closes it again; a serial port a running bus holds is refused ([`ScanError::PortInUse`]).
+//! [`scan_until`] stops early (Ctrl-C) with the results so far. [`scan`] drives a tokio-modbus client [`Context`] you opened yourself,
 //! on RTU (serial or pty), RTU over TCP or Modbus TCP alike.
 //!
 //! A scan cannot share a line with a running [`crate::bus::Bus`]: two masters on one RS-485
@@ -143,6 +144,9 @@ pub struct ScanReport {
     pub found: Vec<u8>,
     /// Ids whose answer was garbled (check baud rate, parity, wiring, duplicate ids).
     pub garbled: Vec<u8>,
+    /// The scan was stopped before the end of the range ([`scan_until`]): the lists hold
+    /// what was found up to then.
+    pub interrupted: bool,
 }
 
 /// Errors that end a scan early.
@@ -155,6 +159,12 @@ pub enum ScanError {
         transport: String,
         /// Why.
         error: String,
+    },
+    /// A running bus (the twinbridge service) holds the serial port ([`scan_port`]).
+    #[error("bus scan: port {} is in use by the running twinbridge service", path.display())]
+    PortInUse {
+        /// The port.
+        path: std::path::PathBuf,
     },
     /// The transport failed (port unplugged, connection closed).
     #[error("bus scan stopped at unit {unit}: {source}")]
@@ -255,32 +265,17 @@ pub async fn scan_port(
 }
 
 async fn open(transport: &Transport) -> Result<Context, ScanError> {
-    let failed = |error: String| ScanError::Open {
-        transport: transport.to_string(),
-        error,
-    };
-    match transport {
-        Transport::Serial(settings) => {
-            let port = crate::serial::open(settings).map_err(|e| failed(e.to_string()))?;
-            Ok(tokio_modbus::client::rtu::attach(port))
-        }
-        Transport::Tcp(addr) | Transport::RtuOverTcp(addr) => {
-            let stream =
-                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| failed(format!("timed out after {CONNECT_TIMEOUT:?}")))?
-                    .map_err(|e| failed(e.to_string()))?;
-            // Requests are tiny and latency-bound.
-            stream
-                .set_nodelay(true)
-                .map_err(|e| failed(format!("setting TCP_NODELAY: {e}")))?;
-            Ok(if matches!(transport, Transport::Tcp(_)) {
-                tokio_modbus::client::tcp::attach(stream)
-            } else {
-                tokio_modbus::client::rtu::attach(stream)
-            })
-        }
-    }
+    crate::client::connect(transport, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            crate::client::ConnectError::Serial(crate::serial::SerialError::InUse { path }) => {
+                ScanError::PortInUse { path }
+            }
+            e => ScanError::Open {
+                transport: transport.to_string(),
+                error: e.to_string(),
+            },
+        })
 }
 
 /// Probes every id in `settings.units` on `ctx`, calling `progress` after each probe.
@@ -289,11 +284,89 @@ async fn open(transport: &Transport) -> Result<Context, ScanError> {
 pub async fn scan(
     ctx: &mut Context,
     settings: &ScanSettings,
+    progress: impl FnMut(ScanProgress),
+) -> Result<ScanReport, ScanError> {
+    scan_until(ctx, settings, std::future::pending(), progress).await
+}
+
+/// [`scan`] that stops early when `stop` completes (e.g. Ctrl-C): the probe in progress is
+/// abandoned and the report holds what was found so far, with
+/// [`ScanReport::interrupted`] set.
+pub async fn scan_until(
+    ctx: &mut Context,
+    settings: &ScanSettings,
+    stop: impl std::future::Future<Output = ()>,
     mut progress: impl FnMut(ScanProgress),
 ) -> Result<ScanReport, ScanError> {
     let total = settings.units.clone().count();
     let mut report = ScanReport::default();
+    let mut stop = std::pin::pin!(stop);
     for (i, unit) in settings.units.clone().enumerate() {
+        let probed = tokio::select! {
+            biased;
+            () = &mut stop => None,
+            outcome = probe_unit(ctx, unit, settings) => Some(outcome?),
+        };
+        let Some(outcome) = probed else {
+            report.interrupted = true;
+            break;
+        };
+        match outcome {
+            ProbeOutcome::Answered | ProbeOutcome::Exception(_) => report.found.push(unit),
+            ProbeOutcome::Garbled => report.garbled.push(unit),
+            ProbeOutcome::Silent | ProbeOutcome::GatewayNoResponse(_) => {}
+        }
+        progress(ScanProgress {
+            unit,
+            outcome,
+            done: i + 1,
+            total,
+        });
+        if !settings.pause.is_zero() {
+            tokio::time::sleep(settings.pause).await;
+        }
+    }
+    Ok(report)
+}
+
+/// Which tables `unit` answers: one read of `address`, count 1, per table, each within
+/// `timeout`, in the order coil, discrete input, holding, input. An exception 01 (illegal
+/// function) says the device lacks that table, 02 that it has none at that address.
+pub async fn probe_tables(
+    ctx: &mut Context,
+    unit: u8,
+    address: u16,
+    timeout: Duration,
+) -> Result<Vec<(crate::point::Table, ProbeOutcome)>, ScanError> {
+    use crate::point::Table;
+    let settings = |probe| ScanSettings {
+        units: unit..=unit,
+        timeout,
+        probe,
+        pause: Duration::ZERO,
+    };
+    let mut out = Vec::new();
+    for (table, probe) in [
+        (Table::Coil, Probe::ReadCoils { address, count: 1 }),
+        (
+            Table::DiscreteInput,
+            Probe::ReadDiscreteInputs { address, count: 1 },
+        ),
+        (Table::Holding, Probe::ReadHolding { address, count: 1 }),
+        (Table::Input, Probe::ReadInput { address, count: 1 }),
+    ] {
+        out.push((table, probe_unit(ctx, unit, &settings(probe)).await?));
+    }
+    Ok(out)
+}
+
+/// One probe of `unit`, with the retries [`Classified`] asks for.
+async fn probe_unit(
+    ctx: &mut Context,
+    unit: u8,
+    settings: &ScanSettings,
+) -> Result<ProbeOutcome, ScanError> {
+    {
         ctx.set_slave(Slave(unit));
         let mut retried = false;
         let outcome = loop {
@@ -312,22 +385,8 @@ pub async fn scan(
                 Classified::Fatal(source) => return Err(ScanError::Transport { unit, source }),
             }
         };
-        match outcome {
-            ProbeOutcome::Answered | ProbeOutcome::Exception(_) => report.found.push(unit),
-            ProbeOutcome::Garbled => report.garbled.push(unit),
-            ProbeOutcome::Silent | ProbeOutcome::GatewayNoResponse(_) => {}
-        }
-        progress(ScanProgress {
-            unit,
-            outcome,
-            done: i + 1,
-            total,
-        });
-        if !settings.pause.is_zero() {
-            tokio::time::sleep(settings.pause).await;
-        }
+        Ok(outcome)
     }
-    Ok(report)
 }
 
 #[cfg(test)]

@@ -75,6 +75,36 @@ pub struct SerialSettings {
     /// Stop bits: 1 or 2.
     #[serde(default = "default_stop_bits")]
     pub stop_bits: u8,
+    /// Kernel RS-485 direction control, applied on every [`open`] (`None`:
+    /// leave the UART as it is; USB adapters switch direction by themselves).
+    #[serde(skip)]
+    pub rs485: Option<Rs485>,
+}
+
+/// Level of RTS (the transceiver's driver enable) while sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RtsLevel {
+    /// RTS high while sending, low after (the usual wiring of DE/RE to RTS).
+    #[default]
+    High,
+    /// RTS low while sending, high after (an inverting driver stage).
+    Low,
+}
+
+/// Direction control of a half-duplex RS-485 transceiver by the UART driver: the kernel's
+/// RS-485 mode (`TIOCSRS485`), for on-board UARTs wired to a transceiver whose driver enable
+/// hangs on RTS (Raspberry Pi HATs, industrial boards). Delays have millisecond resolution
+/// (the kernel's); drivers cap them (usually at 100 ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Rs485 {
+    /// RTS level while a frame is sent.
+    pub rts_on_send: RtsLevel,
+    /// RTS asserted this long before the first bit (transceivers slow to enable).
+    pub delay_before_send: Duration,
+    /// RTS held this long after the last bit (slow receivers on the line).
+    pub delay_after_send: Duration,
+    /// Keep receiving while sending (full-duplex / 4-wire RS-485 or RS-422).
+    pub rx_during_tx: bool,
 }
 
 impl SerialSettings {
@@ -86,6 +116,7 @@ impl SerialSettings {
             parity: Parity::None,
             data_bits: default_data_bits(),
             stop_bits: default_stop_bits(),
+            rs485: None,
         }
     }
 
@@ -204,6 +235,24 @@ pub enum SerialError {
         #[source]
         source: tokio_serial::Error,
     },
+    /// Another process has the port open exclusively (a running bus: the twinbridge service,
+    /// or another program); see [`open`].
+    #[error("opening serial port {}: in use by another process (the running twinbridge service?)", path.display())]
+    InUse {
+        /// The port.
+        path: PathBuf,
+    },
+    /// The kernel RS-485 mode could not be set.
+    #[error("serial port {}: cannot enable RS-485 direction control (TIOCSRS485): {reason}", path.display())]
+    Rs485 {
+        /// The port.
+        path: PathBuf,
+        /// Why, with what to do about it.
+        reason: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SerialError {
@@ -219,16 +268,23 @@ impl SerialError {
             if source.kind == tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied))
     }
 
-    /// Another process holds the port (ports are opened exclusively).
+    /// Another process holds the port (ports are opened exclusively: [`SerialError::InUse`]).
     pub fn is_busy(&self) -> bool {
-        matches!(self, SerialError::Open { source, .. }
-            if source.kind == tokio_serial::ErrorKind::NoDevice)
+        match self {
+            SerialError::InUse { .. } => true,
+            SerialError::InvalidSettings { .. }
+            | SerialError::Open { .. }
+            | SerialError::Rs485 { .. } => false,
+        }
     }
 
     /// The port this error is about.
     pub fn path(&self) -> &Path {
         match self {
-            SerialError::InvalidSettings { path, .. } | SerialError::Open { path, .. } => path,
+            SerialError::InvalidSettings { path, .. }
+            | SerialError::Open { path, .. }
+            | SerialError::InUse { path }
+            | SerialError::Rs485 { path, .. } => path,
         }
     }
 }
@@ -271,17 +327,103 @@ fn builder(settings: &SerialSettings) -> Result<tokio_serial::SerialPortBuilder,
 
 /// Opens and configures the port (raw mode, the given line settings, exclusive access so that
 /// two processes cannot interleave frames on one line: a second open fails with
-/// [`SerialError::is_busy`]).
+/// [`SerialError::InUse`]), after switching it to the kernel RS-485 mode if the settings ask
+/// for it ([`SerialSettings::rs485`]).
+///
+/// Exclusive access is two locks, both held for as long as the stream is open and dropped by
+/// the kernel when the process ends, crashed or not: `TIOCEXCL` (further opens fail with
+/// `EBUSY`, except for root, which it does not bind) and an advisory `flock(LOCK_EX |
+/// LOCK_NB)` on the device node (which binds root too: `sudo twinbridge read` cannot
+/// interleave its frames with the running service's). Both are serialport's; the flock is on
+/// the device's inode, so every path to it (`/dev/serial/by-id/…`, `/dev/ttyUSB0`) meets it.
 ///
 /// Must be called inside a tokio runtime (the stream registers with its reactor).
 /// Works on pseudo-terminal slaves too.
 pub fn open(settings: &SerialSettings) -> Result<SerialStream, SerialError> {
     let builder = builder(settings)?;
-    SerialStream::open(&builder).map_err(|source| SerialError::Open {
-        path: settings.path.clone(),
-        reason: lower_first(&source.description),
-        source,
+    if let Some(rs485) = &settings.rs485 {
+        apply_rs485(&settings.path, rs485)?;
+    }
+    SerialStream::open(&builder).map_err(|source| {
+        if source.kind == tokio_serial::ErrorKind::NoDevice {
+            // EBUSY (TIOCEXCL) or the flock held: another process has the port open.
+            return SerialError::InUse {
+                path: settings.path.clone(),
+            };
+        }
+        SerialError::Open {
+            path: settings.path.clone(),
+            reason: lower_first(&source.description),
+            source,
+        }
     })
+}
+
+/// Switches `path`'s UART to the kernel's RS-485 mode with `rs485` (`TIOCSRS485`, through
+/// serial2's safe wrapper), on a short-lived descriptor of its own.
+///
+/// Called before the port is opened for use: once it is (with `TIOCEXCL`), a second
+/// descriptor is refused to everyone but root. The descriptor takes a non-blocking
+/// exclusive flock first, so a port another process holds is not reconfigured under it.
+fn apply_rs485(path: &Path, rs485: &Rs485) -> Result<(), SerialError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // O_NONBLOCK: a modem line without carrier would block the open; O_NOCTTY: never become
+    // our controlling terminal.
+    let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+        .map_err(|e| open_error(path, &e))?;
+    // Dropped (unlocked, closed) before the real open, whose own flock would conflict.
+    let probe = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(probe) => probe,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            return Err(SerialError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        Err((_, errno)) => return Err(open_error(path, &std::io::Error::from(errno))),
+    };
+    let failed = |source: std::io::Error| {
+        let reason = match source.raw_os_error().map(nix::errno::Errno::from_raw) {
+            Some(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL) => format!(
+                "this port has no kernel RS-485 mode ({source}); USB-RS485 adapters and \
+                 auto-direction converters switch direction themselves: remove rs485 from \
+                 this bus"
+            ),
+            _ => source.to_string(),
+        };
+        SerialError::Rs485 {
+            path: path.to_owned(),
+            reason,
+            source,
+        }
+    };
+    let fd: std::os::fd::OwnedFd = probe.try_clone().map_err(failed)?.into();
+    let port = serial2::SerialPort::from(fd);
+    let mut config = serial2::rs4xx::Rs485Config::new();
+    config.set_invert_rts(rs485.rts_on_send == RtsLevel::Low);
+    config.set_delay_before_send(rs485.delay_before_send);
+    config.set_delay_after_send(rs485.delay_after_send);
+    config.set_full_duplex(rs485.rx_during_tx);
+    port.set_rs4xx_mode(config).map_err(failed)
+}
+
+/// An error of opening `path` in the shape [`open`] reports them.
+fn open_error(path: &Path, e: &std::io::Error) -> SerialError {
+    if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) {
+        // Opened with TIOCEXCL by another process.
+        return SerialError::InUse {
+            path: path.to_owned(),
+        };
+    }
+    let description = e.to_string();
+    SerialError::Open {
+        path: path.to_owned(),
+        reason: lower_first(&description),
+        source: tokio_serial::Error::new(tokio_serial::ErrorKind::Io(e.kind()), description),
+    }
 }
 
 /// Discards bytes received but not yet read: call before sending a request, so that a late
@@ -388,6 +530,35 @@ mod tests {
             err.to_string(),
             "opening serial port /dev/does-not-exist-twinbridge: no such file or directory"
         );
+    }
+
+    #[tokio::test]
+    async fn rs485_mode_on_a_port_without_it_says_what_to_do() {
+        let master = crate::pty::PtyMaster::open().unwrap();
+        let path = master.slave_path().to_owned();
+        let settings = SerialSettings {
+            rs485: Some(Rs485 {
+                delay_after_send: Duration::from_millis(2),
+                ..Rs485::default()
+            }),
+            ..SerialSettings::new(&path)
+        };
+        let err = open(&settings).unwrap_err();
+        assert!(matches!(err, SerialError::Rs485 { .. }), "{err:?}");
+        assert_eq!(err.path(), path);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "serial port {}: cannot enable RS-485 direction control (TIOCSRS485): this port has no kernel RS-485 mode",
+                path.display()
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("remove rs485 from this bus"), "{text}");
+        // Nothing is left held: the same port opens without rs485, and then is in use.
+        let _port = open(&SerialSettings::new(&path)).unwrap();
+        let again = open(&settings).unwrap_err();
+        assert!(again.is_busy(), "{again:?}");
     }
 
     #[tokio::test]

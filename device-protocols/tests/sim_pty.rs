@@ -39,6 +39,7 @@ async fn bytes_flow_both_ways_for_every_line_setting() {
             parity,
             data_bits,
             stop_bits,
+            rs485: None,
         };
         let mut port = serial::open(&settings).unwrap_or_else(|e| panic!("{settings}: {e}"));
         // Every byte value passes unchanged (raw mode: no CR/LF mapping, no XON/XOFF, no echo).

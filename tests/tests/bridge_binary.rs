@@ -311,8 +311,25 @@ async fn config_changes_between_runs_leave_nothing_stale_and_lose_nothing() {
         "its rows are kept"
     );
 
-    let forget = Command::new(agent_binary())
+    // Without a terminal to confirm on, and without --yes, nothing is deleted.
+    let unconfirmed = Command::new(agent_binary())
         .args(["forget", "boiler-05", "--config"])
+        .arg(&site.config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("twinbridge forget runs");
+    assert_eq!(unconfirmed.status.code(), Some(64), "EX_USAGE");
+    assert!(
+        String::from_utf8_lossy(&unconfirmed.stderr).contains("--yes"),
+        "{}",
+        String::from_utf8_lossy(&unconfirmed.stderr)
+    );
+    assert!(
+        site.local("boiler-05").get("temperature").is_some(),
+        "kept until confirmed"
+    );
+    let forget = Command::new(agent_binary())
+        .args(["forget", "--yes", "boiler-05", "--config"])
         .arg(&site.config)
         .output()
         .expect("twinbridge forget runs");
@@ -323,7 +340,7 @@ async fn config_changes_between_runs_leave_nothing_stale_and_lose_nothing() {
     );
     assert_eq!(site.local("boiler-05"), Value::Null, "forgotten");
     let still = Command::new(agent_binary())
-        .args(["forget", "boiler-01", "--config"])
+        .args(["forget", "--yes", "boiler-01", "--config"])
         .arg(&site.config)
         .output()
         .expect("twinbridge forget runs");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use device_protocols::bus::UnitPoll;
-use device_protocols::health::{UnitHealth, UnitStatus};
+use device_protocols::health::{PortState, UnitHealth, UnitStatus};
 use device_protocols::point::{DataType, Point, Value};
 use serde_json::{Map, Value as Json, json};
 
@@ -117,14 +117,17 @@ pub struct Placement {
 /// back end finds every device of a gateway with one query), `bus`, `unit`, `online` (answers
 /// with data), `status` (`online`, `faulted`: answers only with exceptions, `offline`,
 /// `unknown`: not polled yet),
-/// `consecutiveErrors`, `lastError`, and `lastGoodRead` — refreshed only when the device's
-/// online state changes or the stored one is older than [`LAST_GOOD_READ_REFRESH`].
+/// `consecutiveErrors`, `lastError` (while the bus's port is down: `port down: <why>`, e.g. a
+/// UART without the RS-485 mode the bus asks for), and `lastGoodRead` — refreshed only when
+/// the device's online state changes or the stored one is older than
+/// [`LAST_GOOD_READ_REFRESH`].
 pub fn health_object(
     placement: &Placement,
     health: Option<&UnitHealth>,
-    port_up: bool,
+    port: &PortState,
     held: Option<&Json>,
 ) -> Json {
+    let port_up = matches!(port, PortState::Open);
     let status = if port_up {
         health.map_or(UnitStatus::Unknown, |h| h.status)
     } else {
@@ -139,7 +142,10 @@ pub fn health_object(
         "status": status.as_str(),
         "consecutiveErrors": health.map_or(0, |h| h.consecutive_errors),
     });
-    if let Some(error) = health
+    if let PortState::Down { error, .. } = port {
+        // The port's own error says what to fix; a unit's last error predates it.
+        object["lastError"] = json!(format!("port down: {error}"));
+    } else if let Some(error) = health
         .and_then(|h| h.last_error.as_ref())
         .filter(|_| !online)
     {
@@ -528,22 +534,32 @@ mod tests {
         unit.online = true;
         unit.status = UnitStatus::Online;
         unit.last_success = Some(SystemTime::UNIX_EPOCH + Duration::from_hours(500_000));
-        let first = health_object(&placement, Some(&unit), true, None);
+        let first = health_object(&placement, Some(&unit), &PortState::Open, None);
         assert_eq!(first["id"], "gw-1");
         assert_eq!(first["online"], true);
         assert_eq!(first["lastGoodRead"], "2027-01-15T08:00:00Z");
         unit.last_success = Some(SystemTime::UNIX_EPOCH + Duration::from_mins(30_000_001));
-        let later = health_object(&placement, Some(&unit), true, Some(&first));
+        let later = health_object(&placement, Some(&unit), &PortState::Open, Some(&first));
         assert_eq!(later, first, "a minute later nothing changes");
         unit.online = false;
         unit.status = UnitStatus::Offline;
         unit.last_error = Some("timeout".into());
-        let offline = health_object(&placement, Some(&unit), true, Some(&first));
+        let offline = health_object(&placement, Some(&unit), &PortState::Open, Some(&first));
         assert_eq!(offline["online"], false);
         assert_eq!(offline["status"], "offline");
         assert_eq!(offline["lastError"], "timeout");
-        let port_down = health_object(&placement, Some(&unit), false, Some(&first));
+        let down = PortState::Down {
+            error: "opening serial port /dev/ttyAMA0: no such file or directory".into(),
+            attempts: 3,
+        };
+        let port_down = health_object(&placement, Some(&unit), &down, Some(&first));
         assert_eq!(port_down["online"], false);
+        assert_eq!(
+            port_down["lastError"],
+            "port down: opening serial port /dev/ttyAMA0: no such file or directory"
+        );
+        let starting = health_object(&placement, None, &PortState::Starting, None);
+        assert_eq!(starting["lastError"], "port down");
     }
 
     #[test]

@@ -223,12 +223,7 @@ fn merge_health(
         unit: device.unit,
     };
     let held = local.get(HEALTH_KEY);
-    let object = mapping::health_object(
-        &placement,
-        health.unit(device.unit),
-        matches!(health.port, PortState::Open),
-        held,
-    );
+    let object = mapping::health_object(&placement, health.unit(device.unit), &health.port, held);
     put_health(patch, held, object);
 }
 

@@ -6,10 +6,32 @@
 pub mod check_config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod field_port;
 pub mod forget;
+pub mod read_write;
 pub mod run;
+pub mod scan;
+pub mod simulate;
 pub mod status;
 pub mod twin_show;
+
+/// `EX_USAGE` from sysexits.h: the command was used wrongly (a bad argument, or a question
+/// that cannot be asked: `forget` without a terminal or `--yes`).
+pub const EX_USAGE: u8 = 64;
+
+/// `EX_UNAVAILABLE` from sysexits.h: something needed is not there (no store yet, a port
+/// that cannot be opened, a device that does not answer).
+pub const EX_UNAVAILABLE: u8 = 69;
+
+/// `EX_SOFTWARE` from sysexits.h: an internal error (the async runtime did not start).
+pub const EX_SOFTWARE: u8 = 70;
+
+/// `EX_TEMPFAIL` from sysexits.h: try again later — the serial port is held by the running
+/// service (stop it, then retry).
+pub const EX_TEMPFAIL: u8 = 75;
+
+/// `EX_NOPERM` from sysexits.h: permission denied.
+pub const EX_NOPERM: u8 = 77;
 
 /// `EX_CONFIG` from sysexits.h: the configuration is invalid.
 pub const EX_CONFIG: u8 = 78;

@@ -21,11 +21,8 @@ use crate::config::Config;
 use crate::store::sync_state::reconcile;
 use crate::store::{DeviceSnapshot, ReadOnlyStore, StoreError, SyncState};
 
-/// `EX_UNAVAILABLE` from sysexits.h: the store does not exist (the agent has not run yet).
-pub const EX_UNAVAILABLE: u8 = 69;
-
-/// `EX_NOPERM` from sysexits.h: the store exists but this user may not read it.
-pub const EX_NOPERM: u8 = 77;
+// 69: the store does not exist (the agent has not run yet); 77: this user may not read it.
+pub use super::{EX_NOPERM, EX_UNAVAILABLE};
 
 /// The whole status report (`--json` prints it as is; field names are stable).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use device_protocols::bus::{BusConfig, Transport};
 use device_protocols::line::{LineDeviceConfig, LineEnding, LineFormat, LineSettings, Template};
 use device_protocols::point::{DataType, Order, Point, PointDefError, Table as PointTable};
-use device_protocols::serial::{Parity, SerialSettings};
+use device_protocols::serial::{Parity, Rs485, RtsLevel, SerialSettings};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -44,9 +44,19 @@ const BUS_KEYS: &[&str] = &[
     "rtu_over_tcp",
     "timeout",
     "turnaround",
+    "rs485",
 ];
 const TRANSPORT_KEYS: &[&str] = &["port", "tcp", "rtu_over_tcp"];
-const SERIAL_KEYS: &[&str] = &["baud", "parity", "data_bits", "stop_bits"];
+const SERIAL_KEYS: &[&str] = &["baud", "parity", "data_bits", "stop_bits", "rs485"];
+const RS485_KEYS: &[&str] = &[
+    "rts_on_send",
+    "delay_before_send",
+    "delay_after_send",
+    "rx_during_tx",
+];
+
+/// The longest RTS delay: the kernel's `serial_core` clamps larger ones to 100 ms.
+const MAX_RTS_DELAY: Duration = Duration::from_millis(100);
 
 /// The bus names as written (even of buses with errors, so that devices naming them are not
 /// reported as well), with where each is first defined.
@@ -365,7 +375,80 @@ fn serial(section: &Section<'_>, modbus: bool, sink: &mut Sink<'_>) -> Option<Se
     if section.get("stop_bits").is_some() {
         settings.stop_bits = stop_bits?;
     }
+    if modbus && section.get("rs485").is_some() {
+        settings.rs485 = rs485(section, sink).ok()?;
+    }
     Some(settings)
+}
+
+/// A bus's `rs485`: `true` (the kernel's RS-485 mode with the defaults), `false` (none, as
+/// when absent), or a table of `rts_on_send`, `delay_before_send`, `delay_after_send` and
+/// `rx_during_tx`.
+fn rs485(section: &Section<'_>, sink: &mut Sink<'_>) -> Result<Option<Rs485>, Reported> {
+    let Some(entry) = section.get("rs485") else {
+        return Ok(None);
+    };
+    let node = &entry.node;
+    let table = match &node.value {
+        Value::Boolean(on) => return Ok(on.then(Rs485::default)),
+        Value::Table(_) => section.sub("rs485", sink).ok_or(Reported)?,
+        _ => {
+            section.wrong(
+                sink,
+                "rs485",
+                node,
+                "true, false or a table like { rts_on_send = \"high\", delay_after_send = \"1ms\" }",
+            );
+            return Err(Reported);
+        }
+    };
+    let before = sink.errors.len();
+    table.deny_unknown(RS485_KEYS, sink);
+    let rts_on_send = table
+        .choice("rts_on_send", &["high", "low"], sink)
+        .map(|(level, _)| {
+            if level == "low" {
+                RtsLevel::Low
+            } else {
+                RtsLevel::High
+            }
+        });
+    let delay = |key: &str, sink: &mut Sink<'_>| {
+        let d = table.duration(key, Duration::ZERO, sink)?;
+        let node = &table.get(key).expect("read above").node;
+        if d > MAX_RTS_DELAY {
+            table.wrong(
+                sink,
+                key,
+                node,
+                "at most \"100ms\" (the kernel caps RTS delays there)",
+            );
+            return None;
+        }
+        if d.subsec_nanos() % 1_000_000 != 0 {
+            table.wrong(
+                sink,
+                key,
+                node,
+                "whole milliseconds like \"2ms\" (the kernel's resolution)",
+            );
+            return None;
+        }
+        Some(d)
+    };
+    let delay_before_send = delay("delay_before_send", sink);
+    let delay_after_send = delay("delay_after_send", sink);
+    let rx_during_tx = table.boolean("rx_during_tx", sink);
+    if sink.errors.len() > before {
+        return Err(Reported);
+    }
+    let defaults = Rs485::default();
+    Ok(Some(Rs485 {
+        rts_on_send: rts_on_send.unwrap_or(defaults.rts_on_send),
+        delay_before_send: delay_before_send.unwrap_or(defaults.delay_before_send),
+        delay_after_send: delay_after_send.unwrap_or(defaults.delay_after_send),
+        rx_during_tx: rx_during_tx.unwrap_or(defaults.rx_during_tx),
+    }))
 }
 
 /// `host:port`, `[v6]:port`, or (with a default port) a bare host; returns `host:port`.

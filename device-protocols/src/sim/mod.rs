@@ -35,6 +35,7 @@
 //! answers for them with exception 0A (gateway path unavailable) or 0B (gateway target device
 //! failed to respond). A present unit answering only exceptions: `ExceptionRule::always`.
 
+pub mod cli;
 mod map;
 mod rtu;
 mod tcp;
