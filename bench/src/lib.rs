@@ -6,5 +6,6 @@
 //! that needs a serial line that takes time.
 
 pub mod bus_efficiency;
+pub mod footprint;
 pub mod stats;
 pub mod wire;

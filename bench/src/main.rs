@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use twinbridge_bench::bus_efficiency;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use twinbridge_bench::{bus_efficiency, footprint};
 
 /// Benchmarks of twinbridge on real parts (ptys with wire time, the simulator, the bus).
 #[derive(Debug, Parser)]
@@ -43,6 +46,27 @@ enum Command {
         #[arg(long, default_value = "0s", value_parser = humantime_duration)]
         sim_delay: Duration,
     },
+    /// Footprint of the real release agent (RSS, CPU, disk writes, Modbus and MQTT rates)
+    /// against the hub emulator and an RTU simulator (issue 10, workload W1).
+    Footprint {
+        /// Units (devices) on the line, 20 u16 holding registers each, polled every second.
+        #[arg(long, default_value_t = 10)]
+        units: u8,
+        /// Measuring window, in seconds.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// Warm-up before the window, in seconds.
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+        /// The agent binary; default: `twinbridge` next to this executable
+        /// (`$CARGO_TARGET_DIR/release/twinbridge`, built by `cargo build --release -p twinbridge`).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Folder for the temporary config and state (the agent's SQLite store is written
+        /// there); default: the system temp folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -73,6 +97,30 @@ fn main() -> anyhow::Result<()> {
                 sim_delay,
             };
             bus_efficiency::run(&opts)?;
+        }
+        Command::Footprint {
+            units,
+            seconds,
+            warmup,
+            binary,
+            dir,
+        } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => std::env::current_exe()
+                    .context("locating this executable")?
+                    .parent()
+                    .context("this executable has no folder")?
+                    .join("twinbridge"),
+            };
+            let opts = footprint::Options {
+                units,
+                window: Duration::from_secs(seconds.max(1)),
+                warmup: Duration::from_secs(warmup),
+                binary,
+                dir,
+            };
+            footprint::run(&opts)?;
         }
     }
     Ok(())
