@@ -5,18 +5,18 @@
 //! (peak and current RSS, CPU time, bytes written to disk) are sampled over a window after a
 //! warm-up; Modbus requests are counted at the simulator, MQTT messages at the emulator.
 
-use std::fmt::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use device_protocols::point::Table;
 use device_protocols::sim::{RtuSim, SimMap, UnitMap};
-use hub_emulator::state::{CounterSnapshot, DeviceIdentity};
-use hub_emulator::{Config, Emulator, RunningEmulator};
+use hub_emulator::RunningEmulator;
+use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
+
+use crate::rig::{self, BusSpec, DeviceSpec, ProcSample, SiteSpec, to_f64};
 
 /// Registers per unit (contiguous `u16` holding registers from address 0).
 pub const REGISTERS: u16 = 20;
@@ -35,17 +35,6 @@ pub struct Options {
     /// Where the temporary folder (config, state, pty link) is made; it holds the agent's
     /// SQLite store, so it should be on the disk being measured (not a tmpfs).
     pub dir: Option<PathBuf>,
-}
-
-/// One `/proc/<pid>` reading.
-#[derive(Debug, Clone, Copy, Default)]
-struct ProcSample {
-    vm_hwm_kb: u64,
-    vm_rss_kb: u64,
-    rss_anon_kb: u64,
-    rss_file_kb: u64,
-    cpu_ticks: u64,
-    write_bytes: u64,
 }
 
 /// The measured figures.
@@ -104,14 +93,6 @@ impl Report {
     }
 }
 
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "counters of a benchmark window are far below 2^52"
-)]
-fn to_f64(n: u64) -> f64 {
-    n as f64
-}
-
 /// Runs the benchmark once and prints its table.
 pub fn run(opts: &Options) -> anyhow::Result<Report> {
     if opts.units == 0 || opts.units > 247 {
@@ -120,18 +101,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
             opts.units
         );
     }
-    if !opts.binary.is_file() {
-        bail!(
-            "the agent binary {} is missing: build it first with `cargo build --release -p twinbridge` \
-             (same CARGO_TARGET_DIR)",
-            opts.binary.display()
-        );
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the tokio runtime of the hub emulator and simulator")?;
+    let runtime = rig::runtime()?;
     let report = runtime.block_on(run_async(opts))?;
     print_report(&report, opts);
     Ok(report)
@@ -144,19 +114,11 @@ fn device_id(unit: u8) -> String {
 const GATEWAY: &str = "gw-footprint";
 
 async fn run_async(opts: &Options) -> anyhow::Result<Report> {
-    let dir = match &opts.dir {
-        Some(base) => tempfile::tempdir_in(base),
-        None => tempfile::tempdir(),
-    }
-    .context("creating the benchmark's temporary folder")?;
-    let mut ids: Vec<String> = vec![GATEWAY.to_owned()];
-    ids.extend((1..=opts.units).map(device_id));
-    let keys: Vec<(String, String)> = ids
-        .iter()
-        .map(|id| (id.clone(), DeviceIdentity::random_key()))
-        .collect();
+    let dir = rig::temp_dir(opts.dir.as_deref())?;
+    let keys =
+        rig::identities(std::iter::once(GATEWAY.to_owned()).chain((1..=opts.units).map(device_id)));
 
-    let emu = start_hub(dir.path(), &keys).await?;
+    let emu = rig::start_hub(dir.path(), &keys).await?;
 
     let mut map = SimMap::new();
     for unit in 1..=opts.units {
@@ -166,18 +128,30 @@ async fn run_async(opts: &Options) -> anyhow::Result<Report> {
     let sim = RtuSim::start(dir.path().join("ttyBUS"), map)
         .context("starting the RTU simulator on a pty")?;
 
-    let config = write_config(dir.path(), &emu, sim.path(), opts.units, &keys)?;
-    let mut child = Command::new(&opts.binary)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("TWINBRIDGE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", opts.binary.display()))?;
+    let site = SiteSpec {
+        gateway: GATEWAY.to_owned(),
+        hub_extra: String::new(),
+        buses: vec![BusSpec {
+            name: "line".to_owned(),
+            port: sim.path().to_path_buf(),
+            baud: 115_200,
+            timeout: Duration::from_millis(200),
+        }],
+        devices: (1..=opts.units)
+            .map(|unit| DeviceSpec {
+                id: device_id(unit),
+                bus: "line".to_owned(),
+                unit,
+                poll: Duration::from_secs(1),
+                registers: REGISTERS,
+                extra: String::new(),
+            })
+            .collect(),
+    };
+    let config = rig::write_config(dir.path(), &emu, &site, &keys)?;
+    let mut child = rig::spawn_agent(&opts.binary, &config, "warn", &[])?;
     let result = measure(opts, &mut child, &sim, &emu).await;
-    stop(&mut child).await;
+    rig::stop(&mut child).await;
     emu.shutdown().await;
     let mut report = result?;
     report.binary_bytes = std::fs::metadata(&opts.binary)
@@ -186,173 +160,8 @@ async fn run_async(opts: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn start_hub(dir: &Path, keys: &[(String, String)]) -> anyhow::Result<RunningEmulator> {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .context("generating the hub's self-signed certificate")?;
-    std::fs::write(dir.join("ca.pem"), ck.cert.pem()).context("writing the CA file")?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let tls = hub_emulator::tls::server_config(vec![ck.cert.der().clone()], key)
-        .context("building the hub's TLS server config")?;
-    let mut config = Config::ephemeral();
-    config.hostname = "localhost".into();
-    config.tls = Some(tls);
-    config.ws_bind = None;
-    for (id, key) in keys {
-        config
-            .devices
-            .push(DeviceIdentity::new(id.clone(), key.clone(), key.clone()));
-    }
-    Emulator::start(config)
-        .await
-        .context("starting the hub emulator")
-}
-
-fn write_config(
-    dir: &Path,
-    emu: &RunningEmulator,
-    port: &Path,
-    units: u8,
-    keys: &[(String, String)],
-) -> anyhow::Result<PathBuf> {
-    let keys_file = dir.join("keys.toml");
-    let mut body = String::new();
-    for (id, key) in keys {
-        writeln!(body, "{id:?} = {key:?}").context("formatting the keys file")?;
-    }
-    std::fs::write(&keys_file, body).context("writing the keys file")?;
-    std::fs::set_permissions(&keys_file, std::fs::Permissions::from_mode(0o600))
-        .context("setting the keys file's mode")?;
-    std::fs::create_dir(dir.join("state")).context("creating the state folder")?;
-
-    let mut text = format!(
-        r#"[gateway]
-id = "{GATEWAY}"
-state_dir = "state"
-
-[hub]
-host = "localhost"
-port = {port_no}
-ca_file = "{ca}"
-keys_file = "{keys}"
-
-[[bus]]
-name = "line"
-port = "{tty}"
-baud = 115200
-timeout = "200ms"
-"#,
-        port_no = emu.mqtt_addr().port(),
-        ca = dir.join("ca.pem").display(),
-        keys = keys_file.display(),
-        tty = port.display(),
-    );
-    let points: Vec<String> = (0..REGISTERS)
-        .map(|r| {
-            format!(r#"  {{ name = "r{r:02}", table = "holding", address = {r}, type = "u16" }},"#)
-        })
-        .collect();
-    for unit in 1..=units {
-        write!(
-            text,
-            "\n[[device]]\nid = \"{id}\"\nbus = \"line\"\nunit = {unit}\npoll = \"1s\"\npoints = [\n{points}\n]\n",
-            id = device_id(unit),
-            points = points.join("\n"),
-        )
-        .context("formatting the config")?;
-    }
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).context("writing the config")?;
-    Ok(path)
-}
-
-async fn stop(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn read_proc(pid: u32) -> anyhow::Result<ProcSample> {
-    let mut s = ProcSample::default();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    for line in status.lines() {
-        let Some((key, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let kb = || -> u64 {
-            rest.split_whitespace()
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        match key {
-            "VmHWM" => s.vm_hwm_kb = kb(),
-            "VmRSS" => s.vm_rss_kb = kb(),
-            "RssAnon" => s.rss_anon_kb = kb(),
-            "RssFile" => s.rss_file_kb = kb(),
-            _ => {}
-        }
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .with_context(|| format!("/proc/{pid}/stat has no ')': {stat}"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // after ')': state(3) ppid(4) ... utime(14) stime(15) → indices 11 and 12 here.
-    let field = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .with_context(|| format!("/proc/{pid}/stat has too few fields"))?
-            .parse()
-            .with_context(|| format!("/proc/{pid}/stat field {} is not a number", i + 3))
-    };
-    s.cpu_ticks = field(11)? + field(12)?;
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .with_context(|| format!("reading /proc/{pid}/io"))?;
-    for line in io.lines() {
-        if let Some(v) = line.strip_prefix("write_bytes:") {
-            s.write_bytes = v
-                .trim()
-                .parse()
-                .with_context(|| format!("/proc/{pid}/io write_bytes: {v}"))?;
-        }
-    }
-    Ok(s)
-}
-
 fn modbus_total(sim: &RtuSim, units: u8) -> u64 {
     (1..=units).map(|u| sim.handle().requests(u)).sum()
-}
-
-fn diff(a: CounterSnapshot, b: CounterSnapshot) -> CounterSnapshot {
-    CounterSnapshot {
-        connects: b.connects - a.connects,
-        connects_refused: b.connects_refused - a.connects_refused,
-        disconnects_by_hub: b.disconnects_by_hub - a.disconnects_by_hub,
-        twin_gets: b.twin_gets - a.twin_gets,
-        reported_patches: b.reported_patches - a.reported_patches,
-        desired_notifications: b.desired_notifications - a.desired_notifications,
-        responses_2xx: b.responses_2xx - a.responses_2xx,
-        responses_4xx: b.responses_4xx - a.responses_4xx,
-        responses_429: b.responses_429 - a.responses_429,
-        telemetry: b.telemetry - a.telemetry,
-    }
 }
 
 async fn measure(
@@ -362,11 +171,7 @@ async fn measure(
     emu: &RunningEmulator,
 ) -> anyhow::Result<Report> {
     let pid = child.id();
-    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .context("sysconf(CLK_TCK)")?
-        .and_then(|t| u64::try_from(t).ok())
-        .filter(|&t| t > 0)
-        .context("sysconf(CLK_TCK) gave no positive value")?;
+    let ticks_per_sec = rig::ticks_per_sec()?;
     let start = Instant::now();
     let mut tick: u16 = 0;
     let mut baseline: Option<(Instant, ProcSample, u64, CounterSnapshot)> = None;
@@ -392,7 +197,7 @@ async fn measure(
         let elapsed = now - start;
         match &baseline {
             None if elapsed >= opts.warmup => {
-                let sample = read_proc(pid)?;
+                let sample = rig::read_proc(pid)?;
                 baseline = Some((
                     now,
                     sample,
@@ -402,7 +207,7 @@ async fn measure(
             }
             None => {}
             Some((t0, p0, m0, h0)) => {
-                let sample = read_proc(pid)?;
+                let sample = rig::read_proc(pid)?;
                 rss_sum += sample.vm_rss_kb;
                 rss_n += 1;
                 if now.duration_since(*t0) >= opts.window {
@@ -416,7 +221,7 @@ async fn measure(
                         cpu: Duration::from_secs_f64(to_f64(cpu_ticks) / to_f64(ticks_per_sec)),
                         write_bytes: sample.write_bytes - p0.write_bytes,
                         modbus_requests: modbus_total(sim, opts.units) - m0,
-                        hub: diff(*h0, emu.hub().counters.snapshot()),
+                        hub: rig::diff(*h0, emu.hub().counters.snapshot()),
                         binary_bytes: 0,
                     });
                 }

@@ -7,5 +7,6 @@
 
 pub mod bus_efficiency;
 pub mod footprint;
+pub mod rig;
 pub mod stats;
 pub mod wire;

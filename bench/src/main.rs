@@ -5,7 +5,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use twinbridge_bench::{bus_efficiency, footprint};
 
 /// Benchmarks of twinbridge on real parts (ptys with wire time, the simulator, the bus).
@@ -105,14 +104,7 @@ fn main() -> anyhow::Result<()> {
             binary,
             dir,
         } => {
-            let binary = match binary {
-                Some(b) => b,
-                None => std::env::current_exe()
-                    .context("locating this executable")?
-                    .parent()
-                    .context("this executable has no folder")?
-                    .join("twinbridge"),
-            };
+            let binary = twinbridge_bench::rig::agent_binary(binary)?;
             let opts = footprint::Options {
                 units,
                 window: Duration::from_secs(seconds.max(1)),

@@ -1,0 +1,340 @@
+//! The test bench around the real agent binary, shared by the whole-agent benchmarks
+//! (footprint, latency, outage, scale): identities with SAS keys, the in-process hub emulator
+//! over MQTT/TLS, a generated config (buses on simulator ptys, devices with N contiguous `u16`
+//! holding registers), the `twinbridge run` child process, and `/proc/<pid>` sampling.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use hub_emulator::state::{CounterSnapshot, DeviceIdentity};
+use hub_emulator::{Config, Emulator, RunningEmulator};
+use tokio::time::Instant;
+
+/// The agent binary to measure: `explicit`, or `twinbridge` next to this executable
+/// (`$CARGO_TARGET_DIR/release/twinbridge`, built by `cargo build --release -p twinbridge`).
+pub fn agent_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let binary = match explicit {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .parent()
+            .context("this executable has no folder")?
+            .join("twinbridge"),
+    };
+    if !binary.is_file() {
+        bail!(
+            "the agent binary {} is missing: build it first with `cargo build --release -p twinbridge` \
+             (same CARGO_TARGET_DIR)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// A multi-threaded tokio runtime for the emulator, simulators and the bench's own loop.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime of the hub emulator and simulator")
+}
+
+/// The benchmark's temporary folder: in `base` (on the disk being measured) or the system's.
+pub fn temp_dir(base: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
+    match base {
+        Some(base) => tempfile::tempdir_in(base),
+        None => tempfile::tempdir(),
+    }
+    .context("creating the benchmark's temporary folder")
+}
+
+/// Identities with fresh random SAS keys: `(device id, base64 key)`.
+pub fn identities<I: IntoIterator<Item = String>>(ids: I) -> Vec<(String, String)> {
+    ids.into_iter()
+        .map(|id| (id, DeviceIdentity::random_key()))
+        .collect()
+}
+
+/// Starts the hub emulator over MQTT/TLS with a self-signed `localhost` certificate (written
+/// to `dir/ca.pem` for the agent's `ca_file`) and `keys` registered.
+pub async fn start_hub(dir: &Path, keys: &[(String, String)]) -> anyhow::Result<RunningEmulator> {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .context("generating the hub's self-signed certificate")?;
+    std::fs::write(dir.join("ca.pem"), ck.cert.pem()).context("writing the CA file")?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let tls = hub_emulator::tls::server_config(vec![ck.cert.der().clone()], key)
+        .context("building the hub's TLS server config")?;
+    let mut config = Config::ephemeral();
+    config.hostname = "localhost".into();
+    config.tls = Some(tls);
+    config.ws_bind = None;
+    for (id, key) in keys {
+        config
+            .devices
+            .push(DeviceIdentity::new(id.clone(), key.clone(), key.clone()));
+    }
+    Emulator::start(config)
+        .await
+        .context("starting the hub emulator")
+}
+
+/// One `[[bus]]` of the generated config: an RTU line on `port` (a simulator's pty).
+#[derive(Debug, Clone)]
+pub struct BusSpec {
+    /// The bus name.
+    pub name: String,
+    /// The serial port (pty path).
+    pub port: PathBuf,
+    /// Baud rate (a pty has no wire time; it sets the t3.5 pacing).
+    pub baud: u32,
+    /// Request timeout.
+    pub timeout: Duration,
+}
+
+/// One `[[device]]` of the generated config: `registers` contiguous `u16` holding registers
+/// from address 0, points named `r00`, `r01`, ….
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    /// Identity (twin) id.
+    pub id: String,
+    /// The bus it is on.
+    pub bus: String,
+    /// Modbus unit id.
+    pub unit: u8,
+    /// Poll period.
+    pub poll: Duration,
+    /// Registers read.
+    pub registers: u16,
+    /// Extra `key = value` lines for the device (e.g. `history = "every-change"`).
+    pub extra: String,
+}
+
+/// The generated agent configuration.
+#[derive(Debug, Clone)]
+pub struct SiteSpec {
+    /// The gateway's identity id (must be in the keys).
+    pub gateway: String,
+    /// Extra lines of the `[hub]` section (e.g. `twin_updates_per_sec = 50.0`).
+    pub hub_extra: String,
+    /// The buses.
+    pub buses: Vec<BusSpec>,
+    /// The devices.
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// Writes `dir/keys.toml` (mode 0600), `dir/state/` and `dir/config.toml` for `site` against
+/// `emu`; returns the config's path.
+pub fn write_config(
+    dir: &Path,
+    emu: &RunningEmulator,
+    site: &SiteSpec,
+    keys: &[(String, String)],
+) -> anyhow::Result<PathBuf> {
+    let keys_file = dir.join("keys.toml");
+    let mut body = String::new();
+    for (id, key) in keys {
+        writeln!(body, "{id:?} = {key:?}").context("formatting the keys file")?;
+    }
+    std::fs::write(&keys_file, body).context("writing the keys file")?;
+    std::fs::set_permissions(&keys_file, std::fs::Permissions::from_mode(0o600))
+        .context("setting the keys file's mode")?;
+    std::fs::create_dir_all(dir.join("state")).context("creating the state folder")?;
+
+    let mut text = format!(
+        "[gateway]\nid = {gw:?}\nstate_dir = \"state\"\n\n[hub]\nhost = \"localhost\"\n\
+         port = {port_no}\nca_file = {ca:?}\nkeys_file = {keys:?}\n{hub_extra}\n",
+        gw = site.gateway,
+        port_no = emu.mqtt_addr().port(),
+        ca = dir.join("ca.pem").display().to_string(),
+        keys = keys_file.display().to_string(),
+        hub_extra = site.hub_extra,
+    );
+    for bus in &site.buses {
+        write!(
+            text,
+            "\n[[bus]]\nname = {name:?}\nport = {port:?}\nbaud = {baud}\ntimeout = \"{timeout}ms\"\n",
+            name = bus.name,
+            port = bus.port.display().to_string(),
+            baud = bus.baud,
+            timeout = bus.timeout.as_millis(),
+        )
+        .context("formatting the config")?;
+    }
+    for dev in &site.devices {
+        let points: Vec<String> = (0..dev.registers)
+            .map(|r| {
+                format!(
+                    r#"  {{ name = "r{r:02}", table = "holding", address = {r}, type = "u16" }},"#
+                )
+            })
+            .collect();
+        write!(
+            text,
+            "\n[[device]]\nid = {id:?}\nbus = {bus:?}\nunit = {unit}\npoll = \"{poll}ms\"\n{extra}\npoints = [\n{points}\n]\n",
+            id = dev.id,
+            bus = dev.bus,
+            unit = dev.unit,
+            poll = dev.poll.as_millis(),
+            extra = dev.extra,
+            points = points.join("\n"),
+        )
+        .context("formatting the config")?;
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).context("writing the config")?;
+    Ok(path)
+}
+
+/// Starts `binary run --config config` with `TWINBRIDGE_LOG` = `log` and the given extra
+/// environment; stdout is discarded, stderr inherited.
+pub fn spawn_agent(
+    binary: &Path,
+    config: &Path,
+    log: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(binary);
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .env("TWINBRIDGE_LOG", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// SIGTERM, then up to 10 s for the agent to exit (SIGKILL after that). Returns how long it
+/// took to exit and whether it exited on its own.
+pub async fn stop(child: &mut Child) -> (Duration, bool) {
+    let start = Instant::now();
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let end = start + Duration::from_secs(10);
+    while Instant::now() < end {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return (start.elapsed(), true);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (start.elapsed(), false)
+}
+
+/// One `/proc/<pid>` reading.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcSample {
+    /// Peak RSS (`VmHWM`), KiB.
+    pub vm_hwm_kb: u64,
+    /// RSS (`VmRSS`), KiB.
+    pub vm_rss_kb: u64,
+    /// Anonymous RSS, KiB.
+    pub rss_anon_kb: u64,
+    /// File-backed RSS, KiB.
+    pub rss_file_kb: u64,
+    /// User + system CPU time, clock ticks.
+    pub cpu_ticks: u64,
+    /// Bytes written to disk (`/proc/<pid>/io` `write_bytes`).
+    pub write_bytes: u64,
+}
+
+/// Reads `/proc/<pid>/{status,stat,io}`.
+pub fn read_proc(pid: u32) -> anyhow::Result<ProcSample> {
+    let mut s = ProcSample::default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    for line in status.lines() {
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let kb = || -> u64 {
+            rest.split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        match key {
+            "VmHWM" => s.vm_hwm_kb = kb(),
+            "VmRSS" => s.vm_rss_kb = kb(),
+            "RssAnon" => s.rss_anon_kb = kb(),
+            "RssFile" => s.rss_file_kb = kb(),
+            _ => {}
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("/proc/{pid}/stat has no ')': {stat}"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // after ')': state(3) ppid(4) ... utime(14) stime(15) → indices 11 and 12 here.
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .with_context(|| format!("/proc/{pid}/stat has too few fields"))?
+            .parse()
+            .with_context(|| format!("/proc/{pid}/stat field {} is not a number", i + 3))
+    };
+    s.cpu_ticks = field(11)? + field(12)?;
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .with_context(|| format!("reading /proc/{pid}/io"))?;
+    for line in io.lines() {
+        if let Some(v) = line.strip_prefix("write_bytes:") {
+            s.write_bytes = v
+                .trim()
+                .parse()
+                .with_context(|| format!("/proc/{pid}/io write_bytes: {v}"))?;
+        }
+    }
+    Ok(s)
+}
+
+/// Clock ticks per second (`sysconf(CLK_TCK)`), for [`ProcSample::cpu_ticks`].
+pub fn ticks_per_sec() -> anyhow::Result<u64> {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .context("sysconf(CLK_TCK)")?
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .context("sysconf(CLK_TCK) gave no positive value")
+}
+
+/// The hub's counters from `a` to `b`.
+pub fn diff(a: CounterSnapshot, b: CounterSnapshot) -> CounterSnapshot {
+    CounterSnapshot {
+        connects: b.connects - a.connects,
+        connects_refused: b.connects_refused - a.connects_refused,
+        disconnects_by_hub: b.disconnects_by_hub - a.disconnects_by_hub,
+        twin_gets: b.twin_gets - a.twin_gets,
+        reported_patches: b.reported_patches - a.reported_patches,
+        desired_notifications: b.desired_notifications - a.desired_notifications,
+        responses_2xx: b.responses_2xx - a.responses_2xx,
+        responses_4xx: b.responses_4xx - a.responses_4xx,
+        responses_429: b.responses_429 - a.responses_429,
+        telemetry: b.telemetry - a.telemetry,
+    }
+}
+
+/// `n` as `f64` (benchmark counters are far below 2^52).
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counters of a benchmark window are far below 2^52"
+)]
+pub fn to_f64(n: u64) -> f64 {
+    n as f64
+}
