@@ -59,8 +59,10 @@ async fn scan_finds_exactly_the_simulated_units() {
 async fn full_range_scan_finds_the_first_and_last_ids() {
     let (_dir, sim) = sim_with(&[1, 100, 247]);
     let mut ctx = attach(&sim);
+    // Short, to keep 244 silent ids quick, but not so short that a present unit's answer
+    // misses it on a loaded 2-core machine.
     let settings = ScanSettings {
-        timeout: Duration::from_millis(30),
+        timeout: Duration::from_millis(50),
         ..ScanSettings::default()
     };
     let mut probes = 0;
@@ -108,12 +110,14 @@ async fn unplug_stops_the_scan_with_an_error() {
 async fn a_late_answer_does_not_hide_the_next_unit() {
     let (_dir, sim) = sim_with(&[4, 5]);
     // Unit 4 answers after the scan has given up on it and probed unit 5; its late answer
-    // arrives first (the simulated line serves one request at a time), then unit 5's.
-    sim.handle().set_delay(4, Some(Duration::from_millis(130)));
+    // arrives first (the simulated line serves one request at a time), then unit 5's. The
+    // late answer lands mid-way through unit 5's wait (at 600 ms of 400..800 ms), with wide
+    // margins either side so a loaded machine's scheduling delays cannot move it out.
+    sim.handle().set_delay(4, Some(Duration::from_millis(600)));
     let mut ctx = attach(&sim);
     let settings = ScanSettings {
         units: 4..=5,
-        timeout: Duration::from_millis(100),
+        timeout: Duration::from_millis(400),
         ..ScanSettings::default()
     };
     let mut seen = Vec::new();
@@ -196,7 +200,7 @@ async fn scan_port_opens_and_closes_its_own_port() {
     let (_dir, sim) = sim_with(&[2, 9]);
     let settings = ScanSettings {
         units: 1..=10,
-        timeout: Duration::from_millis(40),
+        timeout: Duration::from_millis(100),
         ..ScanSettings::default()
     };
     let serial = Transport::Serial(SerialSettings::new(sim.path()));

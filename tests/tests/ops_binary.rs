@@ -278,14 +278,19 @@ async fn status_counts_devices_online_and_one_fewer_when_a_unit_falls_silent() {
     // loaded machine may add a real flap of its own), readable, with the device and bus named.
     let stderr = site.stderr();
     let states = |id: &str, words: [&'static str; 2]| states_of(&stderr, id, words);
+    // (A first poll that times out on a loaded machine may log "offline" before "online":
+    // the order asserted is the one the test drives, as a subsequence.)
     for (id, _) in DEVICES {
         let seen = states(id, ["device online", "device offline"]);
-        assert_eq!(seen.first(), Some(&"device online"), "{id}: {stderr}");
+        assert!(seen.contains(&"device online"), "{id}: {stderr}");
         assert!(seen.windows(2).all(|w| w[0] != w[1]), "{id}: {seen:?}");
     }
     let meter_02 = states("meter-02", ["device online", "device offline"]);
     assert!(
-        meter_02.len() >= 3,
+        is_subsequence(
+            &["device online", "device offline", "device online"],
+            &meter_02
+        ),
         "online, offline, online again: {meter_02:?}"
     );
     let offline = stderr
@@ -298,10 +303,12 @@ async fn status_counts_devices_online_and_one_fewer_when_a_unit_falls_silent() {
     );
     for id in [GATEWAY, DEVICES[0].0, DEVICES[1].0] {
         let seen = states(id, ["hub connected", "hub disconnected"]);
-        assert_eq!(seen.first(), Some(&"hub connected"), "{id}: {stderr}");
         assert!(seen.windows(2).all(|w| w[0] != w[1]), "{id}: {seen:?}");
         assert!(
-            seen.len() >= 3,
+            is_subsequence(
+                &["hub connected", "hub disconnected", "hub connected"],
+                &seen
+            ),
             "{id}: connected, disconnected by the outage, back: {seen:?}"
         );
     }
@@ -534,6 +541,12 @@ fn command_with_stderr(mut command: Command, site: &Site, notify: &Notifications
 }
 
 /// The state words (`words`) of the log lines about `id`, in order.
+/// Whether `want` occurs in `seen` in order (not necessarily adjacent).
+fn is_subsequence(want: &[&str], seen: &[&str]) -> bool {
+    let mut rest = seen.iter();
+    want.iter().all(|w| rest.any(|s| s == w))
+}
+
 fn states_of(log: &str, id: &str, words: [&'static str; 2]) -> Vec<&'static str> {
     log.lines()
         .filter(|l| l.contains(&format!("\"{id}\"")))
