@@ -1,17 +1,18 @@
 //! `twinbridge run`: the agent itself. Refuses an invalid configuration with the same
-//! messages as `check-config` (exit 78), then runs until SIGTERM/SIGINT.
+//! messages as `check-config` (exit 78), then runs until SIGTERM/SIGINT. A state directory on a
+//! read-only file system stops it at start with exit 73, the store untouched.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::EX_CONFIG;
 use super::check_config::{Checked, load_checked};
+use super::{EX_CANTCREAT, EX_CONFIG};
 use crate::bridge::{BusSpec, DeviceMap, LineSpec, PointMap};
 use crate::config::Config;
-use crate::service::{IdentitySpec, RuntimeSpec, SpecSource, run_until_signal};
-use crate::store::StoreOptions;
+use crate::service::{IdentitySpec, RuntimeError, RuntimeSpec, SpecSource, run_until_signal};
+use crate::store::{StoreError, StoreOptions};
 
 /// At most how often the gateway twin's summary is recomputed (sent only when it changed).
 const SUMMARY_EVERY: Duration = Duration::from_secs(5);
@@ -129,7 +130,7 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
     };
     // One thread for the sessions and drivers is plenty (the store has its own), and keeps
     // the footprint small on a Pi.
-    super::block_on(
+    super::block_on_coded(
         tokio::runtime::Builder::new_current_thread(),
         "twinbridge",
         async move {
@@ -138,7 +139,17 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
             })
         },
         err,
+        exit_code,
     )
+}
+
+/// The exit code of a runtime error: [`EX_CANTCREAT`] when the state directory is read-only
+/// (systemd's `Restart=on-failure` retries: an operator may remount it read-write), 1 otherwise.
+fn exit_code(e: &RuntimeError) -> u8 {
+    match e {
+        RuntimeError::Store(StoreError::ReadOnlyDirectory { .. }) => EX_CANTCREAT,
+        _ => 1,
+    }
 }
 
 /// What a SIGHUP re-reads: the configuration through the same checks as start-up. An invalid
