@@ -16,11 +16,12 @@
 //! in sync with nothing unsynced and no pending acks; the store passes `PRAGMA
 //! integrity_check`; the agent is the same process throughout and exits cleanly on SIGTERM.
 //!
-//! CI runs about 36 s of chaos. `TWINBRIDGE_CHAOS_SECS=300` (any number of seconds) runs the
+//! CI runs about 36 s of chaos (at least one full cycle: every fault once). `TWINBRIDGE_CHAOS_SECS=300` (any number of seconds) runs the
 //! long form; `TWINBRIDGE_CHAOS_SEED=<n>` replays the fault sequence of a failed run (the seed
 //! is printed at the start and in every failure; the agent's own timing still varies).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -198,18 +199,20 @@ fn diagnostics(site: &PtySite, seed: u64, wants: &[Want]) -> String {
         "seed {seed} (TWINBRIDGE_CHAOS_SEED={seed} replays the fault sequence)\nwants: {wants:?}\n"
     );
     for (i, device) in DEVICES.iter().enumerate() {
-        text += &format!(
-            "{device}: hub reported {}; register {:?}; register writes {}\n",
+        let _ = writeln!(
+            text,
+            "{device}: hub reported {}; register {:?}; register writes {}",
             site.hub.reported(device).0,
             sim.holding(unit(i), 0),
             register_writes(sim, unit(i))
         );
     }
-    text += &format!("status: {}\n", site.status());
+    let _ = writeln!(text, "status: {}", site.status());
     let log = site.log();
     let lines: Vec<&str> = log.lines().collect();
     let from = lines.len().saturating_sub(300);
-    text += &format!(
+    let _ = write!(
+        text,
         "agent log ({} lines, last {}):\n{}",
         lines.len(),
         lines.len() - from,
@@ -235,12 +238,41 @@ fn calm(site: &PtySite) {
     hub.set_twin_ops_per_sec(None);
 }
 
+/// Hub traffic over the whole run (the emulator's counters restart with it).
+#[derive(Debug, Default)]
+struct Traffic {
+    connects: u64,
+    connects_refused: u64,
+    twin_gets: u64,
+    reported_patches: u64,
+    responses_429: u64,
+}
+
+impl Traffic {
+    fn add(&mut self, c: &hub_emulator::state::CounterSnapshot) {
+        self.connects += c.connects;
+        self.connects_refused += c.connects_refused;
+        self.twin_gets += c.twin_gets;
+        self.reported_patches += c.reported_patches;
+        self.responses_429 += c.responses_429;
+    }
+}
+
 /// Starts `fault` (the held part; the repeated drops happen in [`tick`]).
-async fn begin(site: &mut PtySite, fault: Fault, rng: &mut StdRng, phase: Duration) {
+async fn begin(
+    site: &mut PtySite,
+    fault: Fault,
+    rng: &mut StdRng,
+    phase: Duration,
+    traffic: &mut Traffic,
+) {
     match fault {
         Fault::DropAll | Fault::DropOne => {}
         Fault::Storm429 => site.hub.emu().hub().set_twin_ops_per_sec(Some(0.5)),
-        Fault::Restart => site.hub.restart().await,
+        Fault::Restart => {
+            traffic.add(&site.hub.counters());
+            site.hub.restart().await;
+        }
         Fault::Delay => {
             let delay = Duration::from_millis(rng.random_range(300..1500));
             site.hub
@@ -331,6 +363,31 @@ fn assert_no_extra_writes(site: &PtySite, seed: u64, wants: &[Want]) {
     }
 }
 
+/// Exactly one register write per desired version for the paced devices, at most one for the
+/// burst device (and at least one).
+fn assert_writes(site: &PtySite, seed: u64, wants: &[Want]) {
+    for (i, want) in wants.iter().enumerate() {
+        let writes = register_writes(site.sim(), unit(i));
+        if i < PACED {
+            assert_eq!(
+                writes,
+                want.versions,
+                "{}: one register write per desired version\n{}",
+                DEVICES[i],
+                diagnostics(site, seed, wants)
+            );
+        } else {
+            assert!(
+                writes >= 1 && writes <= want.versions,
+                "{}: {writes} register writes for {} versions\n{}",
+                DEVICES[i],
+                want.versions,
+                diagnostics(site, seed, wants)
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_chaos_converges_without_losing_or_repeating_anything() {
     let seed = seed();
@@ -348,17 +405,21 @@ async fn hub_chaos_converges_without_losing_or_repeating_anything() {
     let end = started + Duration::from_secs(secs);
     let mut cycle: Vec<Fault> = Vec::new();
     let mut phases: BTreeMap<&'static str, u32> = BTreeMap::new();
-    while Instant::now() < end {
+    let mut traffic = Traffic::default();
+    // The first cycle runs to its end whatever the time: every fault at least once.
+    let mut first_cycle_left = FAULTS.len();
+    while Instant::now() < end || first_cycle_left > 0 {
+        first_cycle_left = first_cycle_left.saturating_sub(1);
         // Each cycle holds every fault once, in a random order.
         if cycle.is_empty() {
             cycle = FAULTS.to_vec();
             cycle.shuffle(&mut rng);
         }
         let fault = cycle.pop().expect("refilled above");
-        let length = Duration::from_millis(rng.random_range(3000..5000));
-        let gap = Duration::from_millis(rng.random_range(500..2000));
+        let length = Duration::from_millis(rng.random_range(2500..4500));
+        let gap = Duration::from_millis(rng.random_range(500..1500));
         *phases.entry(fault_name(fault)).or_default() += 1;
-        begin(&mut site, fault, &mut rng, length).await;
+        begin(&mut site, fault, &mut rng, length, &mut traffic).await;
         let phase_end = Instant::now() + length;
         let mut next_drop = Instant::now();
         while Instant::now() < phase_end + gap {
@@ -376,7 +437,8 @@ async fn hub_chaos_converges_without_losing_or_repeating_anything() {
     let chaos = started.elapsed();
 
     // Convergence, bounded; the last reason it was not there is in the failure.
-    let deadline = Instant::now() + CONVERGE;
+    let calmed = Instant::now();
+    let deadline = calmed + CONVERGE;
     let mut polls = 0u32;
     loop {
         assert_alive(&mut agent, &site, seed, &wants);
@@ -392,35 +454,21 @@ async fn hub_chaos_converges_without_losing_or_repeating_anything() {
         polls += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let converged = started.elapsed() - chaos;
+    let converged = calmed.elapsed();
 
-    for (i, want) in wants.iter().enumerate() {
-        let writes = register_writes(site.sim(), unit(i));
-        if i < PACED {
-            assert_eq!(
-                writes,
-                want.versions,
-                "{}: one register write per desired version\n{}",
-                DEVICES[i],
-                diagnostics(&site, seed, &wants)
-            );
-        } else {
-            assert!(
-                writes >= 1 && writes <= want.versions,
-                "{}: {writes} register writes for {} versions\n{}",
-                DEVICES[i],
-                want.versions,
-                diagnostics(&site, seed, &wants)
-            );
-        }
-    }
+    assert_writes(&site, seed, &wants);
     assert_eq!(
         site.integrity(),
         "ok",
         "{}",
         diagnostics(&site, seed, &wants)
     );
-    let counters = site.hub.counters();
+    traffic.add(&site.hub.counters());
+    // The chaos did bite (else this test would prove nothing).
+    assert!(
+        traffic.responses_429 > 0 && traffic.connects_refused > 0,
+        "no 429 or no refused CONNECT: {traffic:?}"
+    );
     let versions: Vec<u64> = wants.iter().map(|w| w.versions).collect();
     let writes: Vec<u64> = (0..DEVICES.len())
         .map(|i| register_writes(site.sim(), unit(i)))
@@ -432,10 +480,9 @@ async fn hub_chaos_converges_without_losing_or_repeating_anything() {
         diagnostics(&site, seed, &wants)
     );
     eprintln!(
-        "hub chaos: seed {seed}; {:.1?} of chaos, phases {phases:?}; converged {:.1?} after \
-         ({polls} polls); desired versions {versions:?}, register writes {writes:?}; hub \
-         counters since the last restart {counters:?}",
-        chaos, converged
+        "hub chaos: seed {seed}; {chaos:.1?} of chaos, phases {phases:?}; converged \
+         {converged:.1?} after ({polls} polls); desired versions {versions:?}, register writes \
+         {writes:?}; hub traffic {traffic:?}"
     );
 }
 

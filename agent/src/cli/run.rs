@@ -222,4 +222,31 @@ mod tests {
         assert!(lines[1].property.is_empty());
         assert_eq!(bus_specs(&config)[0].devices.len(), 1);
     }
+
+    #[test]
+    fn a_read_only_state_dir_exits_73_naming_it_and_other_failures_1() {
+        let read_only = RuntimeError::Store(StoreError::ReadOnlyDirectory {
+            path: "/var/lib/twinbridge/twinbridge.db".into(),
+            dir: "/var/lib/twinbridge".into(),
+        });
+        assert_eq!(exit_code(&read_only), EX_CANTCREAT);
+        let text = read_only.to_string();
+        assert!(
+            !text.contains('\n') && text.contains("/var/lib/twinbridge is on a read-only"),
+            "{text}"
+        );
+        assert_eq!(exit_code(&RuntimeError::Task("boom".into())), 1);
+        assert!(!read_only.is_unwritable_store(), "not a retried write");
+    }
+
+    #[test]
+    fn a_writable_dir_is_not_read_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(!crate::store::read_only_dir(dir.path()));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("readable").count(),
+            0,
+            "the probe leaves nothing behind"
+        );
+    }
 }
