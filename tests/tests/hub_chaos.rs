@@ -16,9 +16,11 @@
 //! in sync with nothing unsynced and no pending acks; the store passes `PRAGMA
 //! integrity_check`; the agent is the same process throughout and exits cleanly on SIGTERM.
 //!
-//! CI runs about 36 s of chaos (at least one full cycle: every fault once). `TWINBRIDGE_CHAOS_SECS=300` (any number of seconds) runs the
-//! long form; `TWINBRIDGE_CHAOS_SEED=<n>` replays the fault sequence of a failed run (the seed
-//! is printed at the start and in every failure; the agent's own timing still varies).
+//! CI runs about 36 s of chaos (at least one full cycle: every fault once).
+//! `TWINBRIDGE_CHAOS_SECS=300` (any number of seconds) runs the long form;
+//! `TWINBRIDGE_CHAOS_SEED=<n>` replays the fault sequence of a failed run (the seed is printed
+//! at the start and in every failure; the agent's own timing still varies). BENCHMARKS.md
+//! ("Hub chaos") has the figures of both forms.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
