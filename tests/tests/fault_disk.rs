@@ -3,10 +3,11 @@
 //! so in its log and in `twinbridge status`, loses nothing it had committed, and delivers new
 //! values once space returns.
 //!
-//! A read-only remount is not tested: the kernel refuses `mount -o remount,ro` (EBUSY) while
-//! the agent holds the database open for writing; only the kernel itself does it (ext4
+//! A read-only remount cannot be done here: the kernel refuses `mount -o remount,ro` (EBUSY)
+//! while the agent holds the database open for writing; only the kernel itself does it (ext4
 //! `errors=remount-ro`), and the writes then fail with `SQLITE_IOERR`/`SQLITE_READONLY`, which
-//! the store retries the same way as `SQLITE_FULL`.
+//! the store retries the same way as `SQLITE_FULL`. `fault_readonly.rs` tests that case (an
+//! ext4 error on a loop device) and an agent started on a read-only mount.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

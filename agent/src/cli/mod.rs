@@ -26,6 +26,10 @@ pub const EX_UNAVAILABLE: u8 = 69;
 /// `EX_SOFTWARE` from sysexits.h: an internal error (the async runtime did not start).
 pub const EX_SOFTWARE: u8 = 70;
 
+/// `EX_CANTCREAT` from sysexits.h: an output file cannot be created or written (the state
+/// directory is on a read-only file system).
+pub const EX_CANTCREAT: u8 = 73;
+
 /// `EX_TEMPFAIL` from sysexits.h: try again later — the serial port is held by the running
 /// service (stop it, then retry).
 pub const EX_TEMPFAIL: u8 = 75;
@@ -57,10 +61,21 @@ pub(crate) fn print_config_errors(
 /// Runs `future` on a tokio runtime made by `builder`; returns the exit code: 0 on `Ok`, 1
 /// with `"{what}: {error}"` on `err` otherwise (or when the runtime cannot start).
 pub(crate) fn block_on<E: std::fmt::Display>(
+    builder: tokio::runtime::Builder,
+    what: &str,
+    future: impl std::future::Future<Output = Result<(), E>>,
+    err: &mut dyn std::io::Write,
+) -> u8 {
+    block_on_coded(builder, what, future, err, |_| 1)
+}
+
+/// [`block_on`], with the exit code of an error chosen by `code`.
+pub(crate) fn block_on_coded<E: std::fmt::Display>(
     mut builder: tokio::runtime::Builder,
     what: &str,
     future: impl std::future::Future<Output = Result<(), E>>,
     err: &mut dyn std::io::Write,
+    code: impl Fn(&E) -> u8,
 ) -> u8 {
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
@@ -73,7 +88,7 @@ pub(crate) fn block_on<E: std::fmt::Display>(
         Ok(()) => 0,
         Err(e) => {
             let _ = writeln!(err, "{what}: {e}");
-            1
+            code(&e)
         }
     }
 }

@@ -1,17 +1,18 @@
 //! `twinbridge run`: the agent itself. Refuses an invalid configuration with the same
-//! messages as `check-config` (exit 78), then runs until SIGTERM/SIGINT.
+//! messages as `check-config` (exit 78), then runs until SIGTERM/SIGINT. A state directory on a
+//! read-only file system stops it at start with exit 73, the store untouched.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::EX_CONFIG;
 use super::check_config::{Checked, load_checked};
+use super::{EX_CANTCREAT, EX_CONFIG};
 use crate::bridge::{BusSpec, DeviceMap, LineSpec, PointMap};
 use crate::config::Config;
-use crate::service::{IdentitySpec, RuntimeSpec, SpecSource, run_until_signal};
-use crate::store::StoreOptions;
+use crate::service::{IdentitySpec, RuntimeError, RuntimeSpec, SpecSource, run_until_signal};
+use crate::store::{StoreError, StoreOptions};
 
 /// At most how often the gateway twin's summary is recomputed (sent only when it changed).
 const SUMMARY_EVERY: Duration = Duration::from_secs(5);
@@ -129,7 +130,7 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
     };
     // One thread for the sessions and drivers is plenty (the store has its own), and keeps
     // the footprint small on a Pi.
-    super::block_on(
+    super::block_on_coded(
         tokio::runtime::Builder::new_current_thread(),
         "twinbridge",
         async move {
@@ -138,7 +139,17 @@ pub fn run(path: &Path, credentials_dir: Option<&Path>, err: &mut dyn Write) -> 
             })
         },
         err,
+        exit_code,
     )
+}
+
+/// The exit code of a runtime error: [`EX_CANTCREAT`] when the state directory is read-only
+/// (systemd's `Restart=on-failure` retries: an operator may remount it read-write), 1 otherwise.
+fn exit_code(e: &RuntimeError) -> u8 {
+    match e {
+        RuntimeError::Store(StoreError::ReadOnlyDirectory { .. }) => EX_CANTCREAT,
+        _ => 1,
+    }
 }
 
 /// What a SIGHUP re-reads: the configuration through the same checks as start-up. An invalid
@@ -210,5 +221,32 @@ mod tests {
         assert!(lines[1].command.is_none());
         assert!(lines[1].property.is_empty());
         assert_eq!(bus_specs(&config)[0].devices.len(), 1);
+    }
+
+    #[test]
+    fn a_read_only_state_dir_exits_73_naming_it_and_other_failures_1() {
+        let read_only = RuntimeError::Store(StoreError::ReadOnlyDirectory {
+            path: "/var/lib/twinbridge/twinbridge.db".into(),
+            dir: "/var/lib/twinbridge".into(),
+        });
+        assert_eq!(exit_code(&read_only), EX_CANTCREAT);
+        let text = read_only.to_string();
+        assert!(
+            !text.contains('\n') && text.contains("/var/lib/twinbridge is on a read-only"),
+            "{text}"
+        );
+        assert_eq!(exit_code(&RuntimeError::Task("boom".into())), 1);
+        assert!(!read_only.is_unwritable_store(), "not a retried write");
+    }
+
+    #[test]
+    fn a_writable_dir_is_not_read_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(!crate::store::read_only_dir(dir.path()));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("readable").count(),
+            0,
+            "the probe leaves nothing behind"
+        );
     }
 }

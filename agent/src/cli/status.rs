@@ -539,7 +539,7 @@ const FULL_BELOW: u64 = 256 * 1024;
 /// What keeps the agent from committing in `dir`: "state directory full" or "read-only".
 fn state_dir_problem(dir: &Path) -> Option<String> {
     let stat = nix::sys::statvfs::statvfs(dir).ok()?;
-    if stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+    if crate::store::read_only_dir(dir) {
         return Some(format!(
             "state directory {} is read-only: new values are not committed (the agent keeps \
              polling and retries)",

@@ -86,6 +86,19 @@ pub enum RuntimeError {
     Task(String),
 }
 
+impl RuntimeError {
+    /// Whether this is a store write that failed on a full, read-only or failing state
+    /// directory ([`StoreError::is_out_of_space`]), directly or through a bridge.
+    pub fn is_unwritable_store(&self) -> bool {
+        match self {
+            Self::Store(e) | Self::Bridge(BridgeError::Handle(HandleError::Store(e))) => {
+                e.is_out_of_space()
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Why a [`RuntimeHandle`] call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
@@ -412,10 +425,18 @@ impl Runtime {
     /// outcome in the store), then every session with an MQTT DISCONNECT, then the store.
     pub async fn shutdown(mut self) -> Result<(), RuntimeError> {
         self.stop.cancel();
+        // A task may wait behind a write the store retries (disk full or read-only): without
+        // this the stop would wait until the disk recovers.
+        self.handle.store.give_up_retries();
         let mut first_error = self.tasks.failure.take();
         while let Some((_, error)) = self.tasks.join_next().await {
-            if first_error.is_none() {
-                first_error = error;
+            match error {
+                // Given up above: not committed, and nothing more can be done about it now.
+                Some(e) if e.is_unwritable_store() => {
+                    tracing::warn!(error = %e, "stopping with a change not committed (state directory full or not writable)");
+                }
+                Some(e) if first_error.is_none() => first_error = Some(e),
+                _ => {}
             }
         }
         futures::future::join_all(self.identities.values().map(|i| i.session.shutdown())).await;

@@ -193,6 +193,12 @@ pub(crate) fn open_rw(path: &Path, options: StoreOptions) -> Result<Db, StoreErr
             dir,
         });
     }
+    if super::read_only_dir(&dir) {
+        return Err(StoreError::ReadOnlyDirectory {
+            path: path.to_path_buf(),
+            dir,
+        });
+    }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -62,6 +62,21 @@ pub enum StoreError {
         /// The lock file.
         lock: PathBuf,
     },
+    /// The state directory is on a file system that refuses writes (mounted read-only, or
+    /// turned read-only by the kernel after a file system error); checked before anything is
+    /// opened, so the store is left untouched.
+    #[error(
+        "opening store {path}: the state directory {dir} is on a read-only file system \
+         (make it writable: remount read-write, or check the disk); nothing was changed",
+        path = .path.display(),
+        dir = .dir.display()
+    )]
+    ReadOnlyDirectory {
+        /// The database file.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
     /// The file exists but is not a twinbridge store (another SQLite database, or not SQLite).
     #[error("opening store {path}: not a twinbridge database: {detail}", path = .path.display())]
     NotTwinbridge {

@@ -464,6 +464,14 @@ impl Store {
         }
     }
 
+    /// A stop is coming: a write that fails for lack of space (or on a read-only or failing
+    /// disk) is no longer retried but answers its error, now and from then on. Called before
+    /// waiting for tasks that may be queued behind such a write, so a stop is not held up
+    /// until the disk recovers; [`Store::close`] does it too.
+    pub fn give_up_retries(&self) {
+        self.health.close();
+    }
+
     /// Stops the writer thread after the commands queued before this one, and closes the
     /// connection. Other clones of this handle get [`StoreError::Closed`] afterwards (as does
     /// this call if the store was already closed).
@@ -660,4 +668,27 @@ impl ReadOnlyStore {
             }),
         )
     }
+}
+
+/// Whether `dir` is on a file system that refuses writes: mounted read-only, or made read-only
+/// by the kernel without the mount flag (ext4 after an error with `errors=remount-ro` on recent
+/// kernels: `emergency_ro`, which `statvfs` does not show), which only a write attempt reveals.
+/// The attempt is an unnamed temporary file (`O_TMPFILE`): nothing is left behind. Other
+/// failures (no permission, `O_TMPFILE` unsupported) say nothing about read-only and give
+/// `false`.
+pub fn read_only_dir(dir: &Path) -> bool {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    if statvfs(dir).is_ok_and(|s| s.flags().contains(FsFlags::ST_RDONLY)) {
+        return true;
+    }
+    matches!(
+        nix::fcntl::open(
+            dir,
+            OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        ),
+        Err(nix::errno::Errno::EROFS)
+    )
 }
