@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the twinbridge Debian packages:
 #   packaging/build-debs.sh [--no-build] [amd64] [arm64] [armhf]
-# (all three by default; --no-build packages the binaries already built). Per architecture: a release build without the `demo` feature, the
+# (all three by default; --no-build packages the binaries already built). Per architecture: a build
+# with the `dist` profile (release made small: opt-level "s", fat LTO, one codegen unit,
+# panic = "abort"; see the workspace Cargo.toml) without the `demo` feature, the
 # man page from the built binary's --help (help2man), `cargo deb`, a smoke test of the binary
 # (--version; check-config of the shipped config.toml, without and with the gateway's key) and
 # lintian, which must report no error and no warning. Binaries of another architecture run
@@ -35,15 +37,15 @@ for arch in "${arches[@]}"; do
     armhf) triple=armv7-unknown-linux-gnueabihf qemu=(qemu-arm -L /usr/arm-linux-gnueabihf) ;;
     *) echo "build-debs.sh: unknown architecture $arch (amd64, arm64, armhf)" >&2; exit 2 ;;
   esac
-  # The native build stays in target/release (shared with `cargo build --release`).
+  # The native build lands in target/dist, a cross build in target/<triple>/dist.
   if [ "$triple" = "$host" ]; then
-    target_args=() qemu=() release=$target_dir/release
+    target_args=() qemu=() release=$target_dir/dist
   else
-    target_args=(--target "$triple") release=$target_dir/$triple/release
+    target_args=(--target "$triple") release=$target_dir/$triple/dist
   fi
   if [ "$build" = 1 ]; then
-    echo "== $arch ($triple): cargo build --release --no-default-features"
-    cargo build --release --locked -p twinbridge --no-default-features "${target_args[@]}"
+    echo "== $arch ($triple): cargo build --profile dist --no-default-features"
+    cargo build --profile dist --locked -p twinbridge --no-default-features "${target_args[@]}"
   fi
 
   # help2man runs the program by path: a wrapper runs the built binary (under qemu if foreign).
@@ -90,7 +92,8 @@ for arch in "${arches[@]}"; do
   gzip -9n <"$scratch/$arch/twinbridge.1" >"$release/twinbridge.1.gz"
 
   echo "== $arch: cargo deb"
-  deb=$(cargo deb -p twinbridge --no-build "${target_args[@]}" --output "$out" | tail -n 1)
+  # --profile: the assets' target/release/ prefix then names target/dist/.
+  deb=$(cargo deb -p twinbridge --no-build --profile dist "${target_args[@]}" --output "$out" | tail -n 1)
   case $deb in
     */twinbridge_*_"$arch".deb) ;;
     *) echo "build-debs.sh: cargo deb did not name a twinbridge_*_$arch.deb: $deb" >&2; exit 1 ;;

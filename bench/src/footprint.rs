@@ -30,7 +30,7 @@ pub struct Options {
     pub window: Duration,
     /// Warm-up before the window (connects, first twin GETs, first full reports).
     pub warmup: Duration,
-    /// The agent binary (`target/release/twinbridge`).
+    /// The agent binary (`target/release/twinbridge`, or `target/dist/twinbridge` as packaged).
     pub binary: PathBuf,
     /// Where the temporary folder (config, state, pty link) is made; it holds the agent's
     /// SQLite store, so it should be on the disk being measured (not a tmpfs).
@@ -50,6 +50,9 @@ pub struct Report {
     pub rss_mean_kb: u64,
     /// RSS at the end of the window, KiB, and its anonymous and file-backed parts.
     pub rss_end_kb: (u64, u64, u64),
+    /// Of the file-backed RSS at the end, the agent binary's own mapped pages, KiB (the rest
+    /// is libc and the other shared libraries).
+    pub binary_rss_kb: u64,
     /// CPU time of the agent during the window (user + system).
     pub cpu: Duration,
     /// Bytes written to disk by the agent during the window (`/proc/<pid>/io` `write_bytes`).
@@ -212,12 +215,14 @@ async fn measure(
                 rss_n += 1;
                 if now.duration_since(*t0) >= opts.window {
                     let cpu_ticks = sample.cpu_ticks - p0.cpu_ticks;
+                    let binary_rss_kb = rig::mapped_rss_kb(pid, &opts.binary)?;
                     return Ok(Report {
                         units: opts.units,
                         window: now.duration_since(*t0),
                         vm_hwm_kb: sample.vm_hwm_kb,
                         rss_mean_kb: rss_sum / rss_n.max(1),
                         rss_end_kb: (sample.vm_rss_kb, sample.rss_anon_kb, sample.rss_file_kb),
+                        binary_rss_kb,
                         cpu: Duration::from_secs_f64(to_f64(cpu_ticks) / to_f64(ticks_per_sec)),
                         write_bytes: sample.write_bytes - p0.write_bytes,
                         modbus_requests: modbus_total(sim, opts.units) - m0,
@@ -250,6 +255,10 @@ fn print_report(r: &Report, opts: &Options) {
         "| RSS at the end: anon / file-backed | {:.1} / {:.1} MiB |",
         mib(r.rss_end_kb.1),
         mib(r.rss_end_kb.2)
+    );
+    println!(
+        "| of the file-backed RSS: the agent binary's own pages | {:.1} MiB |",
+        mib(r.binary_rss_kb)
     );
     println!(
         "| binary size on disk | {:.1} MiB |",

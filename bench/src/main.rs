@@ -59,6 +59,8 @@ enum Command {
         warmup: u64,
         /// The agent binary; default: `twinbridge` next to this executable
         /// (`$CARGO_TARGET_DIR/release/twinbridge`, built by `cargo build --release -p twinbridge`).
+        /// What the packages ship: `$CARGO_TARGET_DIR/dist/twinbridge`, built by
+        /// `cargo build --profile dist -p twinbridge --no-default-features`.
         #[arg(long)]
         binary: Option<PathBuf>,
         /// Folder for the temporary config and state (the agent's SQLite store is written

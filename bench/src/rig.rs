@@ -305,6 +305,38 @@ pub fn read_proc(pid: u32) -> anyhow::Result<ProcSample> {
     Ok(s)
 }
 
+/// Resident KiB of the mappings of `file` (its text, read-only data, relocated data) in
+/// `/proc/<pid>/smaps`: the part of `RssFile` that is the program itself rather than libc
+/// and the other shared libraries. `file` is matched after canonicalisation, as the kernel
+/// shows it.
+pub fn mapped_rss_kb(pid: u32, file: &Path) -> anyhow::Result<u64> {
+    let file =
+        std::fs::canonicalize(file).with_context(|| format!("resolving {}", file.display()))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+    let mut total = 0;
+    let mut in_file = false;
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            if in_file {
+                total += kb
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .with_context(|| format!("/proc/{pid}/smaps: bad Rss line {line:?}"))?;
+            }
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-'))
+        {
+            // A mapping header: `start-end perms offset dev inode [path]`.
+            in_file = line.split_whitespace().nth(5).map(Path::new) == Some(file.as_path());
+        }
+    }
+    Ok(total)
+}
+
 /// Clock ticks per second (`sysconf(CLK_TCK)`), for [`ProcSample::cpu_ticks`].
 pub fn ticks_per_sec() -> anyhow::Result<u64> {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
