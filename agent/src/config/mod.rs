@@ -42,10 +42,10 @@
 //! keys_file = "/etc/twinbridge/keys.toml"      # sas: TOML table, device-id = "base64 key"
 //! group_key_file = "/etc/twinbridge/group.key" # group-key: the enrollment group key (base64)
 //!
-//! [hub.backoff]                        # reconnect backoff
-//! initial = "1s"
-//! max = "5m"
-//! multiplier = 2.0                     # >= 1
+//! [hub.backoff]                        # reconnect backoff of each identity's session; when
+//! initial = "1s"                       #   any session connects after failing (the hub is
+//! max = "5m"                           #   back), the others stop waiting it out and retry
+//! multiplier = 2.0                     #   at once, at the connects_per_sec pace; >= 1
 //! jitter = 0.2                         # 0 ..= 1
 //!
 //! [[device]]
