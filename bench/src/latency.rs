@@ -40,7 +40,7 @@ pub struct Options {
     pub rate: f64,
     /// Changes measured.
     pub changes: usize,
-    /// The agent's `twin_updates_per_sec` (gateway-wide reported PATCHes).
+    /// The agent's `twin_updates_per_sec` (gateway-wide reported `PATCH`es).
     pub updates_per_sec: f64,
     /// The agent binary.
     pub binary: PathBuf,
@@ -77,7 +77,7 @@ struct Change {
 
 /// Runs the benchmark once and prints its table.
 pub fn run(opts: &Options) -> anyhow::Result<Report> {
-    if opts.devices == 0 || opts.changes == 0 || !(opts.rate > 0.0) {
+    if opts.devices == 0 || opts.changes == 0 || opts.rate.is_nan() || opts.rate <= 0.0 {
         bail!("--devices, --changes and --rate must be positive");
     }
     if opts.changes > 50_000 {
@@ -129,7 +129,7 @@ async fn measure(
         if let Some(status) = child.try_wait().context("waiting on the agent")? {
             bail!("the agent exited early with {status}");
         }
-        if started.elapsed() > Duration::from_secs(300) {
+        if started.elapsed() > Duration::from_mins(5) {
             bail!(
                 "{} twins still lack their initial values after 5 minutes",
                 waiting.len()

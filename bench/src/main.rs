@@ -84,7 +84,7 @@ enum Command {
         /// Changes measured.
         #[arg(long, default_value_t = 600)]
         changes: usize,
-        /// The agent's `twin_updates_per_sec` (gateway-wide reported PATCHes).
+        /// The agent's `twin_updates_per_sec` (gateway-wide reported `PATCH`es).
         #[arg(long, default_value_t = 10.0)]
         updates_per_sec: f64,
         /// The agent binary; default: `twinbridge` next to this executable.
@@ -95,7 +95,7 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// A hub outage with many devices changing every 100 ms: time to the first message and
-    /// to convergence after the hub returns, PATCHes per device, store size, journal drops
+    /// to convergence after the hub returns, `PATCH`es per device, store size, journal drops
     /// (issue 10).
     Outage {
         /// Devices (RTU units, 20 u16 holding registers each).
@@ -147,6 +147,10 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 5ms, 1.5s)"))
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one match arm per benchmark, mapping its flags to its options"
+)]
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {

@@ -896,6 +896,33 @@ mod tests {
         drop(rx);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn one_outage_probe_per_period_and_none_while_a_session_is_connected() {
+        let uplink = Arc::new(Uplink::new());
+        assert!(
+            !uplink.claim_probe(),
+            "the link's start counts as an attempt"
+        );
+        sleep(OUTAGE_PROBE).await;
+        assert!(uplink.probe_due().is_some());
+        assert!(uplink.claim_probe());
+        assert!(
+            !uplink.claim_probe(),
+            "one session per period for the whole gateway"
+        );
+        sleep(OUTAGE_PROBE).await;
+        let connected = ConnectedGuard::new(&uplink);
+        assert_eq!(uplink.probe_due(), None, "the uplink works");
+        assert!(!uplink.claim_probe());
+        drop(connected);
+        assert!(uplink.claim_probe());
+        sleep(OUTAGE_PROBE).await;
+        // Any session's own attempt is as good as a probe.
+        uplink.attempting();
+        sleep(OUTAGE_PROBE / 2).await;
+        assert!(!uplink.claim_probe());
+    }
+
     #[test]
     fn renewal_times() {
         assert_eq!(
