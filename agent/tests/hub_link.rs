@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use common::*;
+use device_protocols::backoff::BackoffConfig;
 use serde_json::json;
 use twinbridge::hub::{Credential, HubLink, RequestError, Secret, SessionEvent};
 
@@ -191,6 +192,68 @@ async fn refused_connects_then_recovery() {
     connected(&mut s.events).await;
     assert!(s.handle.get_twin().await.is_ok());
     assert_eq!(counter(&hub.emu, "connects").await, 1);
+}
+
+#[tokio::test]
+async fn a_session_back_after_failures_wakes_the_others_from_their_backoff() {
+    let mut hub = start_hub(&["d1", "d2", "d3"]).await;
+    // The first retry comes after 2 s, every later one after an hour: a session refused twice
+    // is back within the test's deadline only if something wakes it.
+    hub.settings.backoff = BackoffConfig {
+        initial: Duration::from_secs(2),
+        max: Duration::from_hours(1),
+        multiplier: 1800.0,
+        jitter: 0.0,
+    };
+    control(&hub.emu, "/refuse?for=1h").await;
+    let link = link(&hub);
+    let mut d1 = link.spawn("d1", key_a());
+    let mut d2 = link.spawn("d2", key_a());
+    // Two attempts each, then both sleep for an hour.
+    eventually("d1 and d2 refused twice each", || async {
+        counter(&hub.emu, "connects_refused").await >= 4
+    })
+    .await;
+    let mut d3 = link.spawn("d3", key_a());
+    eventually("d3 refused once", || async {
+        counter(&hub.emu, "connects_refused").await >= 5
+    })
+    .await;
+    // The hub is back while d3 waits for its 2 s retry; d1 and d2 still have an hour to go.
+    control(&hub.emu, "/refuse?for=0s").await;
+    connected(&mut d3.events).await;
+    connected(&mut d1.events).await;
+    connected(&mut d2.events).await;
+    assert_eq!(counter(&hub.emu, "connects").await, 3);
+    assert_eq!(counter(&hub.emu, "connects_refused").await, 5);
+    assert!(d1.handle.get_twin().await.is_ok());
+}
+
+#[tokio::test]
+async fn while_no_session_is_connected_one_probes_the_hub_whatever_its_backoff() {
+    let mut hub = start_hub(&["d1", "d2"]).await;
+    // After their first refusal both sessions would sleep for an hour.
+    hub.settings.backoff = BackoffConfig {
+        initial: Duration::from_hours(1),
+        max: Duration::from_hours(1),
+        multiplier: 2.0,
+        jitter: 0.0,
+    };
+    control(&hub.emu, "/refuse?for=1h").await;
+    let link = link(&hub);
+    let mut d1 = link.spawn("d1", key_a());
+    let mut d2 = link.spawn("d2", key_a());
+    eventually("d1 and d2 refused once each", || async {
+        counter(&hub.emu, "connects_refused").await >= 2
+    })
+    .await;
+    control(&hub.emu, "/refuse?for=0s").await;
+    // One of them probes (OUTAGE_PROBE after the gateway's last attempt), gets in and wakes
+    // the other.
+    connected(&mut d1.events).await;
+    connected(&mut d2.events).await;
+    assert_eq!(counter(&hub.emu, "connects").await, 2);
+    assert_eq!(counter(&hub.emu, "connects_refused").await, 2);
 }
 
 #[tokio::test]

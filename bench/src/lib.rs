@@ -7,6 +7,8 @@
 
 pub mod bus_efficiency;
 pub mod footprint;
+pub mod latency;
+pub mod outage;
 pub mod rig;
 pub mod stats;
 pub mod wire;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use twinbridge_bench::{bus_efficiency, footprint};
+use twinbridge_bench::{bus_efficiency, footprint, latency, outage};
 
 /// Benchmarks of twinbridge on real parts (ptys with wire time, the simulator, the bus).
 #[derive(Debug, Parser)]
@@ -68,12 +68,91 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Register change → visible in the hub's twin, p50/p99/max, with many devices on
+    /// several simulator ptys (issue 10).
+    Latency {
+        /// Devices (RTU units, 20 u16 holding registers each).
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Simulator ptys (buses) the devices are spread over.
+        #[arg(long, default_value_t = 4)]
+        buses: usize,
+        /// Poll period of every device.
+        #[arg(long, default_value = "1s", value_parser = humantime_duration)]
+        poll: Duration,
+        /// Register changes per second, staggered round-robin over the devices.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Changes measured.
+        #[arg(long, default_value_t = 600)]
+        changes: usize,
+        /// The agent's `twin_updates_per_sec` (gateway-wide reported `PATCH`es).
+        #[arg(long, default_value_t = 10.0)]
+        updates_per_sec: f64,
+        /// The agent binary; default: `twinbridge` next to this executable.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Folder for the temporary config and state; default: the system temp folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// A hub outage with many devices changing every 100 ms: time to the first message and
+    /// to convergence after the hub returns, `PATCH`es per device, store size, journal drops
+    /// (issue 10).
+    Outage {
+        /// Devices (RTU units, 20 u16 holding registers each).
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Simulator ptys (buses) the devices are spread over.
+        #[arg(long, default_value_t = 10)]
+        buses: usize,
+        /// Poll period of every device.
+        #[arg(long, default_value = "100ms", value_parser = humantime_duration)]
+        poll: Duration,
+        /// How often each device's two changing registers change.
+        #[arg(long, default_value = "100ms", value_parser = humantime_duration)]
+        change_every: Duration,
+        /// How long the hub is unreachable.
+        #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+        outage: Duration,
+        /// Running time before the outage.
+        #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+        warmup: Duration,
+        /// How long to wait for convergence after the hub's return.
+        #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+        settle: Duration,
+        /// How often the store size is sampled during the outage.
+        #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+        sample_every: Duration,
+        /// The agent's `twin_updates_per_sec`.
+        #[arg(long, default_value_t = 10.0)]
+        updates_per_sec: f64,
+        /// History modes to run, one run each: `latest`, `every-change`.
+        #[arg(long, value_delimiter = ',', default_value = "latest,every-change")]
+        mode: Vec<String>,
+        /// `history_max_bytes` of the every-change run (the agent's default: 1 MiB).
+        #[arg(long, default_value_t = 1024 * 1024)]
+        history_max_bytes: u64,
+        /// `history_max_age` of the every-change run (the agent's default: 7 days).
+        #[arg(long, default_value = "7d", value_parser = humantime_duration)]
+        history_max_age: Duration,
+        /// The agent binary; default: `twinbridge` next to this executable.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Folder for the temporary config and state; default: the system temp folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 5ms, 1.5s)"))
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one match arm per benchmark, mapping its flags to its options"
+)]
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
@@ -115,6 +194,73 @@ fn main() -> anyhow::Result<()> {
                 dir,
             };
             footprint::run(&opts)?;
+        }
+        Command::Latency {
+            devices,
+            buses,
+            poll,
+            rate,
+            changes,
+            updates_per_sec,
+            binary,
+            dir,
+        } => {
+            let opts = latency::Options {
+                devices,
+                buses,
+                poll,
+                rate,
+                changes,
+                updates_per_sec,
+                binary: twinbridge_bench::rig::agent_binary(binary)?,
+                dir,
+            };
+            latency::run(&opts)?;
+        }
+        Command::Outage {
+            devices,
+            buses,
+            poll,
+            change_every,
+            outage,
+            warmup,
+            settle,
+            sample_every,
+            updates_per_sec,
+            mode,
+            history_max_bytes,
+            history_max_age,
+            binary,
+            dir,
+        } => {
+            let modes = mode
+                .iter()
+                .map(|m| match m.as_str() {
+                    "latest" => Ok(outage::Mode::Latest),
+                    "every-change" => Ok(outage::Mode::EveryChange {
+                        max_bytes: history_max_bytes,
+                        max_age: history_max_age,
+                    }),
+                    other => Err(anyhow::anyhow!(
+                        "--mode {other:?}: expected latest or every-change"
+                    )),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = outage::Options {
+                devices,
+                buses,
+                poll,
+                change_every,
+                outage,
+                warmup,
+                settle,
+                sample_every,
+                updates_per_sec,
+                modes,
+                binary: twinbridge_bench::rig::agent_binary(binary)?,
+                dir,
+            };
+            outage::run(&opts)?;
         }
     }
     Ok(())

@@ -1,7 +1,10 @@
 //! The test bench around the real agent binary, shared by the whole-agent benchmarks
 //! (footprint, latency, outage, scale): identities with SAS keys, the in-process hub emulator
 //! over MQTT/TLS, a generated config (buses on simulator ptys, devices with N contiguous `u16`
-//! holding registers), the `twinbridge run` child process, and `/proc/<pid>` sampling.
+//! holding registers; [`RtuSite`] spreads many devices over several simulator ptys), the
+//! `twinbridge run` child process, `/proc/<pid>` sampling, and what the latency and outage
+//! benchmarks read: the hub's twins, an outage switch, the store's size on disk and
+//! `twinbridge status --json`.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -10,8 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use hub_emulator::state::{CounterSnapshot, DeviceIdentity};
+use device_protocols::point::Table;
+use device_protocols::sim::{RtuSim, SimMap, UnitMap};
+use hub_emulator::state::{CloseReason, CounterSnapshot, DeviceIdentity, SharedState};
 use hub_emulator::{Config, Emulator, RunningEmulator};
+use serde_json::Value;
 use tokio::time::Instant;
 
 /// The agent binary to measure: `explicit`, or `twinbridge` next to this executable
@@ -369,4 +375,227 @@ pub fn diff(a: CounterSnapshot, b: CounterSnapshot) -> CounterSnapshot {
 )]
 pub fn to_f64(n: u64) -> f64 {
     n as f64
+}
+
+/// One device of an [`RtuSite`]: its identity, the simulator (bus) it is on and its unit id.
+#[derive(Debug, Clone)]
+pub struct SiteDevice {
+    /// Identity (twin) id.
+    pub id: String,
+    /// Index of its simulator (and bus) in [`RtuSite::sims`].
+    pub sim: usize,
+    /// Modbus unit id on that bus.
+    pub unit: u8,
+}
+
+/// Many RTU devices spread round-robin over several simulator ptys (one bus each): device
+/// `i` is on bus `i % buses`, unit `i / buses + 1`, id `dev-NNN`, with `registers`
+/// contiguous `u16` holding registers from address 0.
+pub struct RtuSite {
+    /// The simulators, one per bus.
+    pub sims: Vec<RtuSim>,
+    /// The devices, in index order.
+    pub devices: Vec<SiteDevice>,
+    /// Registers per device.
+    pub registers: u16,
+}
+
+impl std::fmt::Debug for RtuSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtuSite")
+            .field("buses", &self.sims.len())
+            .field("devices", &self.devices.len())
+            .field("registers", &self.registers)
+            .finish()
+    }
+}
+
+impl RtuSite {
+    /// Starts `buses` simulators in `dir` (`ttyBUS0`, …) holding `devices` units;
+    /// `initial(device, register)` is each register's starting value.
+    pub fn start(
+        dir: &Path,
+        devices: usize,
+        buses: usize,
+        registers: u16,
+        initial: impl Fn(usize, u16) -> u16,
+    ) -> anyhow::Result<Self> {
+        let buses = buses.clamp(1, devices.max(1));
+        if devices.div_ceil(buses) > 247 {
+            bail!("{devices} devices on {buses} buses: more than 247 units on a bus");
+        }
+        let site_devices: Vec<SiteDevice> = (0..devices)
+            .map(|i| SiteDevice {
+                id: format!("dev-{i:03}"),
+                sim: i % buses,
+                unit: u8::try_from(i / buses + 1).expect("at most 247 units per bus, checked"),
+            })
+            .collect();
+        let mut sims = Vec::with_capacity(buses);
+        for bus in 0..buses {
+            let mut map = SimMap::new();
+            for (i, d) in site_devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.sim == bus)
+            {
+                let values: Vec<u16> = (0..registers).map(|r| initial(i, r)).collect();
+                map = map.with_unit(d.unit, UnitMap::new().with_holding(0, &values));
+            }
+            sims.push(
+                RtuSim::start(dir.join(format!("ttyBUS{bus}")), map)
+                    .with_context(|| format!("starting the RTU simulator of bus {bus} on a pty"))?,
+            );
+        }
+        Ok(Self {
+            sims,
+            devices: site_devices,
+            registers,
+        })
+    }
+
+    /// Sets holding registers of device `index` from `address`.
+    pub fn set(&self, index: usize, address: u16, values: &[u16]) {
+        let d = &self.devices[index];
+        self.sims[d.sim]
+            .handle()
+            .set_values(d.unit, Table::Holding, address, values);
+    }
+
+    /// Modbus requests received by all simulators so far.
+    pub fn requests(&self) -> u64 {
+        self.devices
+            .iter()
+            .map(|d| self.sims[d.sim].handle().requests(d.unit))
+            .sum()
+    }
+
+    /// The `[[bus]]` sections: bus `i` is `bus{i}` on simulator `i`'s pty, 115200 baud, the
+    /// agent's default 500 ms timeout (a pty has no wire time, but a loaded machine can
+    /// delay an answer by a few hundred ms).
+    pub fn bus_specs(&self) -> Vec<BusSpec> {
+        self.sims
+            .iter()
+            .enumerate()
+            .map(|(i, sim)| BusSpec {
+                name: format!("bus{i}"),
+                port: sim.path().to_path_buf(),
+                baud: 115_200,
+                timeout: Duration::from_millis(500),
+            })
+            .collect()
+    }
+
+    /// The `[[device]]` sections, every device polled every `poll`, with `extra` lines.
+    pub fn device_specs(&self, poll: Duration, extra: &str) -> Vec<DeviceSpec> {
+        self.devices
+            .iter()
+            .map(|d| DeviceSpec {
+                id: d.id.clone(),
+                bus: format!("bus{}", d.sim),
+                unit: d.unit,
+                poll,
+                registers: self.registers,
+                extra: extra.to_owned(),
+            })
+            .collect()
+    }
+
+    /// Every identity id: `gateway` first, then the devices.
+    pub fn identity_ids(&self, gateway: &str) -> Vec<String> {
+        std::iter::once(gateway.to_owned())
+            .chain(self.devices.iter().map(|d| d.id.clone()))
+            .collect()
+    }
+}
+
+/// Makes the hub unreachable the way a real outage looks (`on`): every live connection is
+/// dropped and CONNECTs are refused (CONNACK 3, server unavailable) until `outage(hub, false)`.
+pub fn outage(hub: &SharedState, on: bool) {
+    hub.set_faults(|f| {
+        f.refuse_until = on.then(|| Instant::now() + Duration::from_hours(24 * 365));
+    });
+    if on {
+        hub.drop_connections(None, CloseReason::Dropped);
+    }
+}
+
+/// The reported section of `id`'s twin as the hub holds it (`Null` for an unknown id).
+pub fn reported(hub: &SharedState, id: &str) -> Value {
+    hub.twin_json(id)
+        .ok()
+        .and_then(|mut t| t.pointer_mut("/properties/reported").map(Value::take))
+        .unwrap_or(Value::Null)
+}
+
+/// Whether `reported` holds `values` at `r00`, `r01`, ….
+pub fn reported_equals(reported: &Value, values: &[u16]) -> bool {
+    values.iter().enumerate().all(|(r, &v)| {
+        reported
+            .get(format!("r{r:02}"))
+            .and_then(Value::as_u64)
+            .is_some_and(|got| got == u64::from(v))
+    })
+}
+
+/// The reported `$version` in a reported section (0 when absent).
+pub fn reported_version(reported: &Value) -> u64 {
+    reported
+        .get("$version")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// Bytes of the agent's store in `state_dir`: `twinbridge.db` and its `-wal` and `-shm` files.
+pub fn store_bytes(state_dir: &Path) -> u64 {
+    ["twinbridge.db", "twinbridge.db-wal", "twinbridge.db-shm"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(state_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// `binary --config config status --json`, parsed (read-only on the store; safe while the
+/// agent runs).
+pub fn status_json(binary: &Path, config: &Path) -> anyhow::Result<Value> {
+    let out = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .args(["status", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} status --json", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} status --json failed ({}): {}",
+            binary.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the output of status --json")
+}
+
+/// Sums of the every-change journal figures of `status --json` over every identity:
+/// `(journalEntries, journalDropped)`.
+pub fn journal_totals(status: &Value) -> (u64, u64) {
+    let devices = status
+        .get("devices")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let sum = |key: &str| -> u64 {
+        devices
+            .iter()
+            .filter_map(|d| d.pointer(&format!("/sync/{key}")).and_then(Value::as_u64))
+            .sum()
+    };
+    (sum("journalEntries"), sum("journalDropped"))
+}
+
+/// The system load averages (`/proc/loadavg`, first three fields), for the report.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "?".into(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }

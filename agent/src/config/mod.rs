@@ -42,7 +42,7 @@
 //! keys_file = "/etc/twinbridge/keys.toml"      # sas: TOML table, device-id = "base64 key"
 //! group_key_file = "/etc/twinbridge/group.key" # group-key: the enrollment group key (base64)
 //!
-//! [hub.backoff]                        # reconnect backoff
+//! [hub.backoff]                        # reconnect backoff of each identity's session
 //! initial = "1s"
 //! max = "5m"
 //! multiplier = 2.0                     # >= 1
@@ -58,6 +58,14 @@
 //! history_max_bytes = 1048576          # every-change only: bound of the queued patches
 //! history_max_age = "7d"               # every-change only
 //! ```
+//!
+//! The sessions share one uplink, so the backoff is not the whole story: while no session is
+//! connected, one of them retries whenever the gateway made no connect attempt for 5 s
+//! (`hub::session::OUTAGE_PROBE`: one CONNECT per 5 s for the whole gateway during a hub
+//! outage, not per identity), and when a session connects after failing, every session still
+//! waiting out its backoff retries at once, at the `connects_per_sec` pace. So after an outage
+//! of any length the gateway is back within about 5 s of the hub, and all its identities
+//! about (identities / `connects_per_sec`) seconds later.
 //!
 //! Identity ids (gateway and devices) must be valid IoT Hub device ids: at most 128
 //! characters, ASCII alphanumerics and `-.%_*?!(),:=@$'`; they are unique, and no device has

@@ -7,7 +7,9 @@
 //!   client configuration (built once), the gateway-wide [`Pacing`] and the wall clock.
 //! - [`HubLink::spawn`] starts one session task per identity. The task connects (paced by
 //!   `Pacing::connects`, with jittered exponential backoff from `device_protocols::backoff`
-//!   after failures), subscribes to `$iothub/twin/res/#` and
+//!   after failures; the sessions share one uplink, so while none is connected one of them
+//!   retries at least every [`session::OUTAGE_PROBE`] whatever its backoff, and when one gets
+//!   back in after failing the others stop waiting out theirs), subscribes to `$iothub/twin/res/#` and
 //!   `$iothub/twin/PATCH/properties/desired/#`, waits for both SUBACKs, and only then emits
 //!   [`SessionEvent::Connected`]. It renews the SAS token before expiry with a clean reconnect,
 //!   waits for a sane wall clock before connecting, and routes incoming `$iothub` publishes
@@ -308,6 +310,8 @@ pub struct HubLink {
     roots: Arc<RootCertStore>,
     /// TLS without a client certificate (SAS identities), built once.
     tls: Arc<ClientConfig>,
+    /// What the sessions know together about their shared uplink (outage probes, recovery).
+    uplink: Arc<session::Uplink>,
 }
 
 impl std::fmt::Debug for HubLink {
@@ -331,6 +335,7 @@ impl HubLink {
             pacing,
             roots,
             tls,
+            uplink: Arc::new(session::Uplink::new()),
         })
     }
 

@@ -3,12 +3,22 @@
 //! Each connection attempt gets a fresh `EventLoop` (fresh token, no state carried over:
 //! `clean_session`, and the store is the source of truth), driven by a small task that
 //! forwards its events and stops at the first error, so rumqttc never retries on its own:
-//! this task owns the retry loop, its backoff and its pacing. Requests go straight from the
+//! this task owns the retry loop, its backoff and its pacing.
+//!
+//! The sessions of a gateway share one uplink ([`Uplink`]). Each session's backoff grows to
+//! minutes, and after a long hub outage the sessions' retries bunch up (they all failed at the
+//! same instant and their jitter only trims each delay), so without help the first one back
+//! would come minutes after the hub. So: while no session is connected, one of the sleeping
+//! sessions retries whenever the gateway made no attempt for [`OUTAGE_PROBE`] (one CONNECT per
+//! probe period for the whole gateway, not per identity); and when a session connects after
+//! failing, every session sleeping out a backoff retries at once, through the connect pacing.
+//! Requests go straight from the
 //! handles to the `AsyncClient` of the live connection; their answers are routed back here by
 //! `$rid` through the shared pending map.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -17,7 +27,7 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Proxy, ProxyAuth,
     ProxyType, QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
 };
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
@@ -41,6 +51,75 @@ const INFLIGHT: u16 = 8;
 const MAX_QUEUED_EVENTS: usize = 4096;
 /// Capacity of the event channel handed to the driver.
 pub const EVENT_CHANNEL: usize = 64;
+
+/// While no session of the gateway is connected, the longest the gateway goes without a
+/// connect attempt: one sleeping session then retries, whatever its own backoff.
+pub const OUTAGE_PROBE: Duration = Duration::from_secs(5);
+
+/// What the sessions of one gateway know together about their shared uplink.
+#[derive(Debug)]
+pub(super) struct Uplink {
+    /// Bumped when a session connects after failing: the uplink is back.
+    recovered: watch::Sender<u64>,
+    /// Sessions connected now.
+    connected: AtomicUsize,
+    /// When the gateway last attempted a connect (any session).
+    last_attempt: Mutex<Instant>,
+}
+
+impl Uplink {
+    pub(super) fn new() -> Self {
+        Self {
+            recovered: watch::Sender::new(0),
+            connected: AtomicUsize::new(0),
+            last_attempt: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn last_attempt(&self) -> MutexGuard<'_, Instant> {
+        // A plain instant: valid whatever a panicking holder left.
+        self.last_attempt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn attempting(&self) {
+        *self.last_attempt() = Instant::now();
+    }
+
+    /// When the next outage probe is due, if the uplink looks down (no session connected).
+    fn probe_due(&self) -> Option<Instant> {
+        (self.connected.load(Ordering::SeqCst) == 0).then(|| *self.last_attempt() + OUTAGE_PROBE)
+    }
+
+    /// Whether the caller may probe now: true for exactly one of the sessions woken together.
+    fn claim_probe(&self) -> bool {
+        let mut last = self.last_attempt();
+        let now = Instant::now();
+        if self.connected.load(Ordering::SeqCst) == 0 && now >= *last + OUTAGE_PROBE {
+            *last = now;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Counts a session as connected while it lives.
+struct ConnectedGuard(Arc<Uplink>);
+
+impl ConnectedGuard {
+    fn new(uplink: &Arc<Uplink>) -> Self {
+        uplink.connected.fetch_add(1, Ordering::SeqCst);
+        Self(uplink.clone())
+    }
+}
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// When to renew a SAS token of `lifetime`: at 80 % of it, and at least two seconds before it
 /// ends (never sooner than one second after connecting, so a tiny lifetime cannot spin).
@@ -327,6 +406,7 @@ impl Task {
                 break;
             }
             let started = Instant::now();
+            self.link.uplink.attempting();
             let conn = match self.attempt().await {
                 Ok(conn) => conn,
                 Err(AttemptError::Stop) => break,
@@ -340,7 +420,7 @@ impl Task {
                             failures = self.failures, "hub connect failed again");
                     }
                     let delay = self.backoff.next_delay();
-                    if self.ctl.run(sleep(delay)).await.is_none() {
+                    if self.backoff_sleep(delay).await.is_none() {
                         break;
                     }
                     continue;
@@ -353,11 +433,21 @@ impl Task {
             } else {
                 tracing::debug!(device = %self.device_id, "connected to the hub");
             }
+            let connected = ConnectedGuard::new(&self.link.uplink);
+            if self.backoff.failures() > 0 {
+                // The uplink works again: wake the sessions still sleeping out a backoff.
+                self.link
+                    .uplink
+                    .recovered
+                    .send_modify(|generation| *generation += 1);
+            }
             self.failures = 0;
             self.backoff.reset();
             self.shared.set_client(Some(conn.client.clone()));
             self.ctl.emit(SessionEvent::Connected);
-            match self.connected(conn, started).await {
+            let ended = self.connected(conn, started).await;
+            drop(connected);
+            match ended {
                 Ended::Stop => break,
                 Ended::Renew => {
                     tracing::debug!(device = %self.device_id, "reconnecting to renew the SAS token");
@@ -373,7 +463,7 @@ impl Task {
                     // Jittered, so that a hub-wide drop does not bring every identity back at
                     // the same instant.
                     let delay = self.backoff.next_delay();
-                    if self.ctl.run(sleep(delay)).await.is_none() {
+                    if self.backoff_sleep(delay).await.is_none() {
                         break;
                     }
                 }
@@ -387,6 +477,43 @@ impl Task {
             }
         }
         tracing::debug!(device = %self.device_id, "session task ended");
+    }
+
+    /// Sleeps out a backoff `delay`, or less: until another session of the gateway connects
+    /// after failures, or until this session takes the gateway's outage probe (`None` = stop).
+    async fn backoff_sleep(&mut self, delay: Duration) -> Option<()> {
+        let until = Instant::now() + delay;
+        // Subscribing marks the current generation as seen: only a later recovery wakes.
+        let mut recovered = self.link.uplink.recovered.subscribe();
+        let uplink = self.link.uplink.clone();
+        let why = self
+            .ctl
+            .run(async {
+                loop {
+                    let probe_at = uplink.probe_due();
+                    tokio::select! {
+                        () = sleep_until(until) => return "backoff",
+                        changed = recovered.changed() => {
+                            if changed.is_err() {
+                                // The link (and its sender) outlives this task; never happens.
+                                std::future::pending::<()>().await;
+                            }
+                            return "another session reconnected";
+                        }
+                        () = sleep_until(probe_at.unwrap_or(until)), if probe_at.is_some() => {
+                            if uplink.claim_probe() {
+                                return "outage probe";
+                            }
+                        }
+                    }
+                }
+            })
+            .await?;
+        if why != "backoff" {
+            tracing::debug!(device = %self.device_id, reason = why,
+                "retrying before the backoff is over");
+        }
+        Some(())
     }
 
     /// Returns once the wall clock is plausible (`None` = stop).
@@ -767,6 +894,33 @@ mod tests {
         drop(rx2);
         assert!(ctl.run(std::future::pending::<()>()).await.is_none());
         drop(rx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_outage_probe_per_period_and_none_while_a_session_is_connected() {
+        let uplink = Arc::new(Uplink::new());
+        assert!(
+            !uplink.claim_probe(),
+            "the link's start counts as an attempt"
+        );
+        sleep(OUTAGE_PROBE).await;
+        assert!(uplink.probe_due().is_some());
+        assert!(uplink.claim_probe());
+        assert!(
+            !uplink.claim_probe(),
+            "one session per period for the whole gateway"
+        );
+        sleep(OUTAGE_PROBE).await;
+        let connected = ConnectedGuard::new(&uplink);
+        assert_eq!(uplink.probe_due(), None, "the uplink works");
+        assert!(!uplink.claim_probe());
+        drop(connected);
+        assert!(uplink.claim_probe());
+        sleep(OUTAGE_PROBE).await;
+        // Any session's own attempt is as good as a probe.
+        uplink.attempting();
+        sleep(OUTAGE_PROBE / 2).await;
+        assert!(!uplink.claim_probe());
     }
 
     #[test]
