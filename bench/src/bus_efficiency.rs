@@ -14,7 +14,8 @@
 //! bus's own counters; the gap before each request, the device's answer latency and the
 //! relay's own lateness come from the relay's frame log.
 //!
-//! The frame log's instants are the relay's real-clock `std::time::Instant`s.
+//! The frame log's instants are the relay's real-clock `std::time::Instant`s. With
+//! `BUS_EFFICIENCY_DUMP=<file>` set, each run writes its gaps (ns, line order) to that file.
 #![allow(clippy::disallowed_types)]
 
 use std::sync::mpsc as std_mpsc;
@@ -27,6 +28,7 @@ use device_protocols::point::{DataType, Point, Table};
 use device_protocols::serial::SerialSettings;
 use device_protocols::sim::{RtuSim, SimMap, UnitMap};
 
+use crate::device::Responder;
 use crate::stats::{Summary, median_f64, ms, us};
 use crate::wire::{Direction, Frame, WireConfig, WireRelay};
 
@@ -49,6 +51,19 @@ pub struct Options {
     pub turnaround: Duration,
     /// The simulator's answer delay (each unit answers this much later).
     pub sim_delay: Duration,
+    /// What answers on the far side of the wire.
+    pub device: Device,
+}
+
+/// The device stand-in on the far side of the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// [`Responder`]: tokio-modbus' RTU server over loopback TCP, the simulator's data model;
+    /// no pty on the device side (small, stable answer latency).
+    Direct,
+    /// The RTU simulator on its pty ([`RtuSim`], as the tests use it): four pty hops per
+    /// transaction (relay → line task → internal pty → server and back).
+    Sim,
 }
 
 /// The outcome of one run.
@@ -87,6 +102,22 @@ pub struct RunResult {
     /// Answer frames per request frame (1 unless answers arrive in pieces more than t1.5
     /// apart).
     pub answer_pieces: f64,
+    /// Gaps before a request longer than the minimum gap + 1 ms (scheduling stalls rather
+    /// than wake-up latency).
+    pub long_gaps: usize,
+}
+
+impl RunResult {
+    /// Mean gap beyond the minimum: what the bus side (its wake-ups, the pty hops between bus
+    /// and wire, preemption) adds to every transaction.
+    pub fn gap_excess_mean(&self) -> f64 {
+        (self.gap.mean as f64 - self.min_gap.as_nanos() as f64) / 1e6
+    }
+
+    /// Share of the gaps longer than the minimum gap + 1 ms.
+    pub fn long_gap_share(&self) -> f64 {
+        self.long_gaps as f64 / self.gap.n.max(1) as f64
+    }
 }
 
 impl RunResult {
@@ -141,12 +172,13 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<RunResult>> {
     let mut results = Vec::new();
     println!(
         "bus-efficiency: {} units × {} u16 holding registers (request {} B, answer {} B), 8N1, \
-         turnaround {:?}, simulator answer delay {:?}, window {:?} after {:?} warm-up, {} run(s) per baud",
+         turnaround {:?}, device {:?} with answer delay {:?}, window {:?} after {:?} warm-up, {} run(s) per baud",
         opts.units,
         opts.registers,
         frame_bytes(opts.registers).0,
         frame_bytes(opts.registers).1,
         opts.turnaround,
+        opts.device,
         opts.sim_delay,
         opts.window,
         opts.warmup,
@@ -154,15 +186,15 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<RunResult>> {
     );
     println!();
     println!(
-        "| baud | run | achieved tx/s | ideal tx/s | achieved / ideal | gap before request: median / p99 / min / mean (ms) | t3.5 (ms) | device answer latency median / mean (µs) | achieved / (ideal + mean device latency) | relay lateness at frame end: median / p99 (µs) | failed tx |"
+        "| baud | run | achieved tx/s | ideal tx/s | achieved / ideal | gap before request: median / p99 / min / mean (ms) | t3.5 (ms) | device answer latency median / mean (µs) | achieved / (ideal + mean device latency) | relay lateness at frame end: median / p99 (µs) | gaps > t3.5 + 1 ms | failed tx |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |");
     for &baud in &opts.bauds {
         for run in 1..=opts.runs {
             let r = run_once(dir.path(), baud, opts)
                 .with_context(|| format!("bus-efficiency at {baud} baud, run {run}"))?;
             println!(
-                "| {baud} | {run} | {:.2} | {:.2} | {:.1} % | {} / {} / {} / {} | {} | {} / {} | {:.1} % | {} / {} | {} |",
+                "| {baud} | {run} | {:.2} | {:.2} | {:.1} % | {} / {} / {} / {} | {} | {} / {} | {:.1} % | {} / {} | {:.1} % | {} |",
                 r.achieved(),
                 r.ideal_rate(),
                 r.ratio() * 100.0,
@@ -176,6 +208,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<RunResult>> {
                 r.ratio_bus_only() * 100.0,
                 us(r.frame_end_late.median),
                 us(r.frame_end_late.p99),
+                r.long_gap_share() * 100.0,
                 r.failures,
             );
             results.push(r);
@@ -192,9 +225,9 @@ fn print_medians(results: &[RunResult], opts: &Options) {
     println!("Medians over the runs:");
     println!();
     println!(
-        "| baud | achieved tx/s | ideal tx/s | achieved / ideal (min–max) | gap median − t3.5 (ms) | gap min − t3.5 (ms) | relay byte lateness median / p99 / max (µs) |"
+        "| baud | achieved tx/s | ideal tx/s | achieved / ideal (min–max) | gap median − t3.5 (ms) | gap min − t3.5 (ms) | gap mean − t3.5 (ms) | gaps > t3.5 + 1 ms | device latency mean (ms) | relay byte lateness median / p99 / max (µs) |"
     );
-    println!("| ---: | ---: | ---: | --- | ---: | ---: | --- |");
+    println!("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |");
     for &baud in &opts.bauds {
         let rs: Vec<&RunResult> = results.iter().filter(|r| r.baud == baud).collect();
         let ratios: Vec<f64> = rs.iter().map(|r| r.ratio() * 100.0).collect();
@@ -210,7 +243,7 @@ fn print_medians(results: &[RunResult], opts: &Options) {
         let late_p99: Vec<f64> = rs.iter().map(|r| r.byte_late.p99 as f64).collect();
         let late_max = rs.iter().map(|r| r.byte_late.max).max().unwrap_or(0);
         println!(
-            "| {baud} | {:.2} | {:.2} | {:.1} % ({:.1}–{:.1}) | {:.3} | {:.3} | {:.0} / {:.0} / {} |",
+            "| {baud} | {:.2} | {:.2} | {:.1} % ({:.1}–{:.1}) | {:.3} | {:.3} | {:.3} | {:.1} % | {:.3} | {:.0} / {:.0} / {} |",
             median_f64(&rs.iter().map(|r| r.achieved()).collect::<Vec<_>>()),
             rs.first().map_or(0.0, |r| r.ideal_rate()),
             median_f64(&ratios),
@@ -218,6 +251,17 @@ fn print_medians(results: &[RunResult], opts: &Options) {
             ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             median_f64(&excess),
             min_excess,
+            median_f64(&rs.iter().map(|r| r.gap_excess_mean()).collect::<Vec<_>>()),
+            median_f64(
+                &rs.iter()
+                    .map(|r| r.long_gap_share() * 100.0)
+                    .collect::<Vec<_>>()
+            ),
+            median_f64(
+                &rs.iter()
+                    .map(|r| r.answer_latency.mean as f64 / 1e6)
+                    .collect::<Vec<_>>()
+            ),
             median_f64(&late_med) / 1e3,
             median_f64(&late_p99) / 1e3,
             us(late_max),
@@ -335,14 +379,56 @@ fn start_sim(
     Ok((stop_tx, thread, path))
 }
 
+/// The far side of the wire while a run lasts.
+enum FarSide {
+    Sim(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ),
+    Direct(Responder),
+}
+
+impl FarSide {
+    fn stop(self) -> anyhow::Result<()> {
+        match self {
+            FarSide::Sim(stop, thread) => {
+                let _ = stop.send(());
+                thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the simulator thread panicked"))
+            }
+            FarSide::Direct(responder) => responder.stop(),
+        }
+    }
+}
+
+/// The device stand-in and the wire relay in front of it.
+fn start_line(
+    dir: &std::path::Path,
+    baud: u32,
+    opts: &Options,
+    line: &SerialSettings,
+) -> anyhow::Result<(FarSide, WireRelay)> {
+    let link = dir.join(format!("line-{baud}"));
+    Ok(match opts.device {
+        Device::Sim => {
+            let (sim_stop, sim_thread, sim_path) =
+                start_sim(dir.join(format!("sim-{baud}")), opts)?;
+            let far = FarSide::Sim(sim_stop, sim_thread);
+            let relay = WireRelay::start(link, &sim_path, WireConfig::for_serial(line))?;
+            (far, relay)
+        }
+        Device::Direct => {
+            let responder = Responder::start(sim_map(opts), opts.sim_delay)?;
+            let relay = WireRelay::start_tcp(link, responder.addr(), WireConfig::for_serial(line))?;
+            (FarSide::Direct(responder), relay)
+        }
+    })
+}
+
 fn run_once(dir: &std::path::Path, baud: u32, opts: &Options) -> anyhow::Result<RunResult> {
-    let (sim_stop, sim_thread, sim_path) = start_sim(dir.join(format!("sim-{baud}")), opts)?;
     let line = settings(std::path::Path::new("/dev/null"), baud);
-    let relay = WireRelay::start(
-        dir.join(format!("line-{baud}")),
-        &sim_path,
-        WireConfig::for_serial(&line),
-    )?;
+    let (far, relay) = start_line(dir, baud, opts, &line)?;
     let mut config = BusConfig::new(
         format!("bench-{baud}"),
         Transport::Serial(settings(relay.path(), baud)),
@@ -382,10 +468,7 @@ fn run_once(dir: &std::path::Path, baud: u32, opts: &Options) -> anyhow::Result<
     });
     let pacing = relay.pacing();
     relay.stop()?;
-    let _ = sim_stop.send(());
-    sim_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the simulator thread panicked"))?;
+    far.stop()?;
     let (before, after, elapsed, frames) = measured?;
     let sum = |h: &BusHealth, f: fn(&device_protocols::health::UnitHealth) -> u64| {
         h.units.iter().map(f).sum::<u64>()
@@ -419,13 +502,17 @@ fn run_once(dir: &std::path::Path, baud: u32, opts: &Options) -> anyhow::Result<
         }
     }
     let timing = line_timing(frames);
+    dump_gaps(&timing.gaps)?;
+    let min_gap = line.inter_frame_gap().max(opts.turnaround);
+    let long = nanos(min_gap + Duration::from_millis(1));
     Ok(RunResult {
         baud,
         transactions,
         failures: transactions - successes,
         window: elapsed,
         ideal: ideal_transaction(baud, opts),
-        min_gap: line.inter_frame_gap().max(opts.turnaround),
+        min_gap,
+        long_gaps: timing.gaps.iter().filter(|&&g| g > long).count(),
         gap: Summary::of(&timing.gaps),
         answer_latency: Summary::of(&timing.latencies),
         frame_end_late: Summary::of(&pacing.frame_end_ns),
@@ -435,6 +522,22 @@ fn run_once(dir: &std::path::Path, baud: u32, opts: &Options) -> anyhow::Result<
         answer_frame: Summary::of(&timing.answers),
         answer_pieces: timing.answers.len() as f64 / timing.requests.len().max(1) as f64,
     })
+}
+
+/// With `BUS_EFFICIENCY_DUMP=<file>`: writes the gaps before requests in line order, one a
+/// line (ns), for the distribution and clustering of long gaps behind the summaries.
+fn dump_gaps(gaps: &[u64]) -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os("BUS_EFFICIENCY_DUMP") else {
+        return Ok(());
+    };
+    let mut lines = gaps
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    lines.push('\n');
+    std::fs::write(&path, lines)
+        .with_context(|| format!("writing {}", std::path::Path::new(&path).display()))
 }
 
 /// What the frame log says about the line.
@@ -486,6 +589,7 @@ mod tests {
             registers: 20,
             turnaround: Duration::ZERO,
             sim_delay: Duration::ZERO,
+            device: Device::Direct,
         }
     }
 

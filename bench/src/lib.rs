@@ -3,9 +3,11 @@
 //! `BENCHMARKS.md` at the repository root holds the figures and how they were measured.
 //!
 //! [`wire`] (a pty-to-pty relay with real wire time) is a reusable piece for any benchmark
-//! that needs a serial line that takes time.
+//! that needs a serial line that takes time; [`device`] a Modbus RTU device stand-in without
+//! a pty for its far side.
 
 pub mod bus_efficiency;
+pub mod device;
 pub mod footprint;
 pub mod latency;
 pub mod outage;

@@ -41,9 +41,13 @@ enum Command {
         /// The bus's turnaround (silence after each answer, e.g. 5ms; t3.5 is always kept).
         #[arg(long, default_value = "0s", value_parser = humantime_duration)]
         turnaround: Duration,
-        /// The simulator's answer delay (e.g. 2ms).
+        /// The device's answer delay (e.g. 2ms).
         #[arg(long, default_value = "0s", value_parser = humantime_duration)]
         sim_delay: Duration,
+        /// The device stand-in: `direct` (tokio-modbus' RTU server over loopback TCP, no pty
+        /// on the device side) or `sim` (the RTU simulator on its pty, as the tests use it).
+        #[arg(long, value_enum, default_value = "direct")]
+        device: bus_efficiency::Device,
     },
     /// Footprint of the real release agent (RSS, CPU, disk writes, Modbus and MQTT rates)
     /// against the hub emulator and an RTU simulator (issue 10, workload W1).
@@ -165,6 +169,7 @@ fn main() -> anyhow::Result<()> {
             registers,
             turnaround,
             sim_delay,
+            device,
         } => {
             let opts = bus_efficiency::Options {
                 bauds: baud,
@@ -175,6 +180,7 @@ fn main() -> anyhow::Result<()> {
                 registers,
                 turnaround,
                 sim_delay,
+                device,
             };
             bus_efficiency::run(&opts)?;
         }

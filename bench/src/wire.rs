@@ -10,7 +10,8 @@
 //!
 //! The relay owns the near pair (the client opens [`WireRelay::path`], like a USB adapter's
 //! `/dev/serial/by-id/…` link) and opens the far side as a client itself (e.g. the simulator's
-//! pty path). Each direction is a half of the wire: a byte read at time `a` starts on the wire
+//! pty path), or connects to it over TCP ([`WireRelay::start_tcp`], a device stand-in without
+//! a pty: see [`crate::device`]). Each direction is a half of the wire: a byte read at time `a` starts on the wire
 //! at `max(a, end of the previous byte)` and is delivered at `start + char_time` (the end of
 //! its stop bit), so a frame of `n` bytes written at once arrives `n` character times later,
 //! byte by byte. The schedule is absolute, so a late wake-up never accumulates.
@@ -32,6 +33,7 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,7 +134,43 @@ impl WireRelay {
     /// Opens a pty pair for the client behind the symlink `link`, opens `far` (a tty path,
     /// e.g. the simulator's pty) and starts relaying with wire time.
     pub fn start(link: impl Into<PathBuf>, far: &Path, config: WireConfig) -> anyhow::Result<Self> {
-        let link = link.into();
+        let far_fd = nix::fcntl::open(
+            far,
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .with_context(|| format!("wire relay: opening the far side {}", far.display()))?;
+        make_raw(&far_fd).with_context(|| format!("wire relay: raw mode on {}", far.display()))?;
+        Self::start_on(link.into(), &far_fd, false, config)
+    }
+
+    /// Like [`start`](Self::start), with the far side a TCP connection to `far` (a device
+    /// stand-in speaking RTU frames over TCP, see [`crate::device`]). Its end of stream is an
+    /// error of the relay.
+    pub fn start_tcp(
+        link: impl Into<PathBuf>,
+        far: SocketAddr,
+        config: WireConfig,
+    ) -> anyhow::Result<Self> {
+        let stream = std::net::TcpStream::connect(far)
+            .with_context(|| format!("wire relay: connecting to {far}"))?;
+        // The relay writes byte by byte as each one's wire time ends: Nagle's algorithm would
+        // hold every byte after the first back until the previous one is acknowledged.
+        stream
+            .set_nodelay(true)
+            .context("wire relay: TCP_NODELAY")?;
+        stream
+            .set_nonblocking(true)
+            .context("wire relay: non-blocking socket")?;
+        Self::start_on(link.into(), &OwnedFd::from(stream), true, config)
+    }
+
+    fn start_on(
+        link: PathBuf,
+        far_fd: &OwnedFd,
+        far_is_stream: bool,
+        config: WireConfig,
+    ) -> anyhow::Result<Self> {
         if config.char_time.is_zero() {
             bail!("wire relay: the character time must be greater than zero");
         }
@@ -141,13 +179,6 @@ impl WireRelay {
         let slave_path =
             nix::unistd::ttyname(&pair.slave).context("wire relay: ttyname of the near pty")?;
         set_nonblocking(&pair.master).context("wire relay: near master")?;
-        let far_fd = nix::fcntl::open(
-            far,
-            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        )
-        .with_context(|| format!("wire relay: opening the far side {}", far.display()))?;
-        make_raw(&far_fd).with_context(|| format!("wire relay: raw mode on {}", far.display()))?;
         match std::fs::remove_file(&link) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("wire relay: removing {}", link.display()));
@@ -164,14 +195,15 @@ impl WireRelay {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Log::default()));
         let mut threads = Vec::new();
-        for (dir, src, dst) in [
-            (Direction::NearToFar, &pair.master, &far_fd),
-            (Direction::FarToNear, &far_fd, &pair.master),
+        for (dir, src, dst, eof_is_end) in [
+            (Direction::NearToFar, &pair.master, far_fd, false),
+            (Direction::FarToNear, far_fd, &pair.master, far_is_stream),
         ] {
             let half = Half {
                 dir,
                 src: src.try_clone().context("wire relay: dup")?,
                 dst: dst.try_clone().context("wire relay: dup")?,
+                eof_is_end,
                 timer: TimerFd::new(
                     ClockId::CLOCK_MONOTONIC,
                     TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -278,6 +310,8 @@ struct Half {
     dir: Direction,
     src: OwnedFd,
     dst: OwnedFd,
+    /// `src` is a socket: a read of 0 bytes is the peer's close, not "nothing yet".
+    eof_is_end: bool,
     timer: TimerFd,
     config: WireConfig,
     stop: Arc<AtomicBool>,
@@ -334,6 +368,12 @@ impl Half {
             if src_ready {
                 loop {
                     match nix::unistd::read(self.src.as_fd(), &mut buf) {
+                        Ok(0) if self.eof_is_end => {
+                            bail!(
+                                "wire relay {:?}: the far side closed the connection",
+                                self.dir
+                            );
+                        }
                         Ok(0) | Err(Errno::EAGAIN) => break,
                         Ok(n) => {
                             for &byte in &buf[..n] {
