@@ -8,5 +8,6 @@
 pub mod bus_efficiency;
 pub mod footprint;
 pub mod rig;
+pub mod scale;
 pub mod stats;
 pub mod wire;
