@@ -79,13 +79,13 @@ enum Command {
         /// Poll period of every device (e.g. 5s).
         #[arg(long, default_value = "5s", value_parser = humantime_duration)]
         poll: Duration,
-        /// The agent's `[hub]` connects_per_sec (its default).
+        /// The agent's `[hub]` `connects_per_sec` (its default).
         #[arg(long, default_value_t = scale::DEFAULT_PACING.connects_per_sec)]
         connects_per_sec: f64,
-        /// The agent's `[hub]` twin_reads_per_sec (its default).
+        /// The agent's `[hub]` `twin_reads_per_sec` (its default).
         #[arg(long, default_value_t = scale::DEFAULT_PACING.twin_reads_per_sec)]
         twin_reads_per_sec: f64,
-        /// The agent's `[hub]` twin_updates_per_sec (its default).
+        /// The agent's `[hub]` `twin_updates_per_sec` (its default).
         #[arg(long, default_value_t = scale::DEFAULT_PACING.twin_updates_per_sec)]
         twin_updates_per_sec: f64,
         /// Steady-state window after all twins are in sync, in seconds.
@@ -100,7 +100,7 @@ enum Command {
         /// Folder for the temporary config, state and ptys; default: the system temp folder.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The agent's log filter (TWINBRIDGE_LOG).
+        /// The agent's log filter (`TWINBRIDGE_LOG`).
         #[arg(long, default_value = "warn")]
         log: String,
     },
