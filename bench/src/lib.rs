@@ -12,5 +12,6 @@ pub mod footprint;
 pub mod latency;
 pub mod outage;
 pub mod rig;
+pub mod scale;
 pub mod stats;
 pub mod wire;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use twinbridge_bench::{bus_efficiency, footprint, latency, outage};
+use twinbridge_bench::{bus_efficiency, footprint, latency, outage, scale};
 
 /// Benchmarks of twinbridge on real parts (ptys with wire time, the simulator, the bus).
 #[derive(Debug, Parser)]
@@ -147,6 +147,44 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Scale of the real release agent: N devices on RTU buses (N + 1 MQTT/TLS sessions to
+    /// the hub emulator): time to READY=1 and to all twins in sync, RSS, CPU, shutdown
+    /// (issue 10). Several device counts give the RSS per session.
+    Scale {
+        /// Device counts, comma separated; one agent run each.
+        #[arg(long, value_delimiter = ',', default_value = "500")]
+        devices: Vec<u32>,
+        /// Units (devices) per RTU bus; buses = devices / per-bus, rounded up.
+        #[arg(long, default_value_t = 50)]
+        per_bus: u8,
+        /// Poll period of every device (e.g. 5s).
+        #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+        poll: Duration,
+        /// The agent's `[hub]` `connects_per_sec` (its default).
+        #[arg(long, default_value_t = scale::DEFAULT_PACING.connects_per_sec)]
+        connects_per_sec: f64,
+        /// The agent's `[hub]` `twin_reads_per_sec` (its default).
+        #[arg(long, default_value_t = scale::DEFAULT_PACING.twin_reads_per_sec)]
+        twin_reads_per_sec: f64,
+        /// The agent's `[hub]` `twin_updates_per_sec` (its default).
+        #[arg(long, default_value_t = scale::DEFAULT_PACING.twin_updates_per_sec)]
+        twin_updates_per_sec: f64,
+        /// Steady-state window after all twins are in sync, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Give up a run when the twins are not all in sync this long after the spawn.
+        #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+        sync_timeout: Duration,
+        /// The agent binary; default: `twinbridge` next to this executable.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Folder for the temporary config, state and ptys; default: the system temp folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The agent's log filter (`TWINBRIDGE_LOG`).
+        #[arg(long, default_value = "warn")]
+        log: String,
+    },
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -267,6 +305,37 @@ fn main() -> anyhow::Result<()> {
                 dir,
             };
             outage::run(&opts)?;
+        }
+        Command::Scale {
+            devices,
+            per_bus,
+            poll,
+            connects_per_sec,
+            twin_reads_per_sec,
+            twin_updates_per_sec,
+            seconds,
+            sync_timeout,
+            binary,
+            dir,
+            log,
+        } => {
+            let binary = twinbridge_bench::rig::agent_binary(binary)?;
+            let opts = scale::Options {
+                devices,
+                per_bus,
+                poll,
+                pacing: scale::Pacing {
+                    connects_per_sec,
+                    twin_reads_per_sec,
+                    twin_updates_per_sec,
+                },
+                window: Duration::from_secs(seconds.max(1)),
+                sync_timeout,
+                binary,
+                dir,
+                log,
+            };
+            scale::run(&opts)?;
         }
     }
     Ok(())

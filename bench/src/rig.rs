@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -220,8 +220,8 @@ pub fn spawn_agent(
 }
 
 /// SIGTERM, then up to 10 s for the agent to exit (SIGKILL after that). Returns how long it
-/// took to exit and whether it exited on its own.
-pub async fn stop(child: &mut Child) -> (Duration, bool) {
+/// took to exit and its exit status, `None` when it had to be killed.
+pub async fn stop(child: &mut Child) -> (Duration, Option<ExitStatus>) {
     let start = Instant::now();
     if let Ok(pid) = i32::try_from(child.id()) {
         let _ = nix::sys::signal::kill(
@@ -231,14 +231,83 @@ pub async fn stop(child: &mut Child) -> (Duration, bool) {
     }
     let end = start + Duration::from_secs(10);
     while Instant::now() < end {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return (start.elapsed(), true);
+        if let Ok(Some(status)) = child.try_wait() {
+            return (start.elapsed(), Some(status));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = child.kill();
     let _ = child.wait();
-    (start.elapsed(), false)
+    (start.elapsed(), None)
+}
+
+/// Raises this process's soft open-files limit to at least `want` (up to the hard limit);
+/// the agent started afterwards inherits it. Each hub session is a socket in the agent and
+/// another in the in-process emulator. Returns the soft limit now in force.
+pub fn raise_fd_limit(want: u64) -> anyhow::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(RLIMIT_NOFILE)")?;
+    if soft >= want {
+        return Ok(soft);
+    }
+    let new = want.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, new, hard).context("setrlimit(RLIMIT_NOFILE)")?;
+    if new < want {
+        bail!(
+            "the open-files hard limit {hard} is below the {want} this run needs (raise it: ulimit -Hn)"
+        );
+    }
+    Ok(new)
+}
+
+/// A `$NOTIFY_SOCKET` for the agent (as systemd gives it): a unix datagram socket drained by a
+/// background task, so the agent's `sd_notify` never blocks on a full queue, which records
+/// when the first `READY=1` came.
+#[derive(Debug)]
+pub struct NotifySocket {
+    path: PathBuf,
+    ready: tokio::sync::watch::Receiver<Option<Instant>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl NotifySocket {
+    /// Binds `dir/notify` and starts draining it (needs a tokio runtime).
+    pub fn bind(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("notify");
+        let socket = tokio::net::UnixDatagram::bind(&path)
+            .with_context(|| format!("binding the notify socket {}", path.display()))?;
+        let (tx, ready) = tokio::sync::watch::channel(None);
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                let message = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
+                if tx.borrow().is_none() && message.lines().any(|l| l == "READY=1") {
+                    tx.send_replace(Some(Instant::now()));
+                }
+            }
+        });
+        Ok(Self {
+            path,
+            ready,
+            reader,
+        })
+    }
+
+    /// The value of `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When the first `READY=1` arrived, if it has.
+    pub fn ready_at(&self) -> Option<Instant> {
+        *self.ready.borrow()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// One `/proc/<pid>` reading.

@@ -722,7 +722,13 @@ fn points_list(items: &[Node], owner: &str, sink: &mut Sink<'_>) -> Option<Vec<P
             break;
         }
     }
-    ok.then(|| parsed.into_iter().map(|(_, p)| p.binding).collect())
+    ok.then(|| {
+        let mut points: Vec<PointBinding> = parsed.into_iter().map(|(_, p)| p.binding).collect();
+        // The collect reuses the larger allocation of `parsed`; the list lives as long as the
+        // agent, once per device.
+        points.shrink_to_fit();
+        points
+    })
 }
 
 /// One point. Value types and ranges are checked here, field by field; the rules about

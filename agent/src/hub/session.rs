@@ -535,7 +535,12 @@ impl Task {
     /// Connects and subscribes.
     async fn attempt(&mut self) -> Result<Conn, AttemptError> {
         let options = self.options().map_err(AttemptError::Failed)?;
-        let (client, eventloop) = AsyncClient::new(options, CLIENT_CHANNEL);
+        let (client, mut eventloop) = AsyncClient::new(options, CLIENT_CHANNEL);
+        // rumqttc reserves room for 100 events up front (~14 KiB per session, all of it
+        // touched as the ring buffer cycles); this task drains every event as it comes, so a
+        // queue grown on demand stays a few slots long. Per-session memory bounds how many
+        // devices a small gateway can hold.
+        eventloop.state.events = VecDeque::new();
         let (tx, mut events) = mpsc::channel(DRIVER_CHANNEL);
         let driver = AbortOnDrop(tokio::spawn(drive(eventloop, tx)));
 
