@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{all_ok, eventually, health_until, poll_until};
+use common::{all_ok, clean, eventually, health_until, poll_until};
 use device_protocols::backoff::BackoffConfig;
 use device_protocols::bus::{
     Bus, BusConfig, BusHandle, Exception, PointError, Transport, UnitConfig, UnitPoll, WriteError,
@@ -435,20 +435,21 @@ async fn exceptions_keep_the_unit_online_and_02_splits_the_read() {
     );
     let h = bus.health();
     let u = h.unit(1).unwrap();
+    // (Exceptions are not timeouts: r5 and r20 carry their codes above.)
     assert!(u.online, "exceptions mean alive");
-    assert_eq!(u.timeouts, 0);
     assert!(u.exceptions >= 2);
 
-    // Learned: later cycles need no more splitting and give the same readings.
-    let second = poll_until(&mut polls, "second poll", |_| true).await;
-    let exceptions_before = sim.handle().stats(1).unwrap().exceptions;
-    let third = poll_until(&mut polls, "third poll", |_| true).await;
+    // Learned: later cycles need no more splitting and give the same readings (clean cycles:
+    // on a loaded machine an answer can time out now and then and be retried).
+    let second = poll_until(&mut polls, "a clean poll", clean).await;
+    let exceptions = exceptions_over_cycles(&sim, &mut polls, CYCLES).await;
+    let third = poll_until(&mut polls, "a later clean poll", clean).await;
     assert_eq!(second.readings, third.readings);
-    // Per cycle: 02 for r5 alone and 04 for r20 — no merged request fails any more.
-    let exceptions_after = sim.handle().stats(1).unwrap().exceptions;
+    // Per cycle: 02 for r5 alone and 04 for r20 — no merged request fails any more (that
+    // would be 3 or more per cycle).
     assert!(
-        exceptions_after - exceptions_before <= 2,
-        "{exceptions_before} -> {exceptions_after}"
+        exceptions <= 2 * (CYCLES + 1),
+        "{exceptions} exceptions in {CYCLES} cycles"
     );
     bus.shutdown().await;
 }
@@ -495,15 +496,16 @@ async fn exception_03_on_a_merged_read_is_split_like_02() {
     let h = bus.health();
     assert!(h.unit(1).unwrap().online, "exceptions mean alive");
 
-    // Learned: later cycles give the same readings with only r5's own request refused.
-    let second = poll_until(&mut polls, "second poll", |_| true).await;
-    let exceptions_before = sim.handle().stats(1).unwrap().exceptions;
-    let third = poll_until(&mut polls, "third poll", |_| true).await;
+    // Learned: later cycles give the same readings with only r5's own request refused (a
+    // merged read refused as well would be 2 per cycle).
+    let second = poll_until(&mut polls, "a clean poll", clean).await;
+    let exceptions = exceptions_over_cycles(&sim, &mut polls, CYCLES).await;
+    let third = poll_until(&mut polls, "a later clean poll", clean).await;
     assert_eq!(second.readings, third.readings);
     assert_eq!(second.readings, first.readings);
-    assert_eq!(
-        sim.handle().stats(1).unwrap().exceptions - exceptions_before,
-        1
+    assert!(
+        exceptions <= CYCLES + 2,
+        "{exceptions} exceptions in {CYCLES} cycles"
     );
     bus.shutdown().await;
 }
@@ -1199,4 +1201,22 @@ async fn write_multiple_unit_uses_fc_15_and_16() {
         Some(vec![9, 4])
     );
     bus.shutdown().await;
+}
+
+/// Cycles over which the exceptions of a learned unit are counted.
+const CYCLES: u64 = 10;
+
+/// The simulator's exception count of unit 1 over the next `cycles` poll cycles. Counted over
+/// many cycles, not one: the test task may read the counter late, after the next cycle has
+/// begun, which moves a window's edge by one cycle.
+async fn exceptions_over_cycles(
+    sim: &RtuSim,
+    polls: &mut tokio::sync::mpsc::Receiver<device_protocols::bus::UnitPoll>,
+    cycles: u64,
+) -> u64 {
+    let before = sim.handle().stats(1).unwrap().exceptions;
+    for _ in 0..cycles {
+        poll_until(polls, "a poll", |_| true).await;
+    }
+    sim.handle().stats(1).unwrap().exceptions - before
 }
