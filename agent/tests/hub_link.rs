@@ -256,6 +256,35 @@ async fn while_no_session_is_connected_one_probes_the_hub_whatever_its_backoff()
     assert_eq!(counter(&hub.emu, "connects_refused").await, 2);
 }
 
+/// The outage probe is for an uplink that is down, not for credentials the hub refused: a
+/// gateway whose only identity has a wrong key keeps to that session's backoff.
+#[tokio::test]
+async fn a_session_refused_for_its_key_does_not_take_the_outage_probe() {
+    let mut hub = start_hub(&["d1"]).await;
+    hub.settings.backoff = BackoffConfig {
+        initial: Duration::from_hours(1),
+        max: Duration::from_hours(1),
+        multiplier: 2.0,
+        jitter: 0.0,
+    };
+    let _s = link(&hub).spawn("d1", Credential::SymmetricKey(Secret::new(KEY_WRONG)));
+    eventually("d1 refused once", || async {
+        counter(&hub.emu, "connects_refused").await >= 1
+    })
+    .await;
+    // A probe would come OUTAGE_PROBE after that attempt; a network failure gets one (the
+    // test above). Wait past it, with a margin for a loaded machine.
+    let probe = twinbridge::hub::session::OUTAGE_PROBE;
+    let storm = tokio::time::timeout(probe + Duration::from_secs(3), async {
+        while counter(&hub.emu, "connects_refused").await < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(storm.is_err(), "a second attempt: the wrong key was probed");
+    assert_eq!(counter(&hub.emu, "connects_refused").await, 1);
+}
+
 #[tokio::test]
 async fn pending_request_when_the_link_drops_is_link_lost() {
     let hub = start_hub(&["d1"]).await;

@@ -65,7 +65,8 @@
 //! outage, not per identity), and when a session connects after failing, every session still
 //! waiting out its backoff retries at once, at the `connects_per_sec` pace. So after an outage
 //! of any length the gateway is back within about 5 s of the hub, and all its identities
-//! about (identities / `connects_per_sec`) seconds later.
+//! about (identities / `connects_per_sec`) seconds later. An identity whose credentials the
+//! hub refuses (wrong key, disabled device) keeps to its own backoff and never probes.
 //!
 //! Identity ids (gateway and devices) must be valid IoT Hub device ids: at most 128
 //! characters, ASCII alphanumerics and `-.%_*?!(),:=@$'`; they are unique, and no device has

@@ -10,7 +10,8 @@
 //! same instant and their jitter only trims each delay), so without help the first one back
 //! would come minutes after the hub. So: while no session is connected, one of the sleeping
 //! sessions retries whenever the gateway made no attempt for [`OUTAGE_PROBE`] (one CONNECT per
-//! probe period for the whole gateway, not per identity); and when a session connects after
+//! probe period for the whole gateway, not per identity; a session whose credentials the hub
+//! refused does not probe: its key will not get better by asking again); and when a session connects after
 //! failing, every session sleeping out a backoff retries at once, through the connect pacing.
 //! Requests go straight from the
 //! handles to the `AsyncClient` of the live connection; their answers are routed back here by
@@ -24,8 +25,8 @@ use std::time::Duration;
 
 use device_protocols::backoff::Backoff;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Proxy, ProxyAuth,
-    ProxyType, QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, Proxy,
+    ProxyAuth, ProxyType, QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -371,6 +372,9 @@ enum AttemptError {
     Stop,
     /// The attempt failed (for logs; never holds a secret).
     Failed(String),
+    /// The hub refused this identity's credentials (CONNACK 4 or 5): the uplink works, so
+    /// this session sleeps out its own backoff and takes no part in the outage probe.
+    Credentials(String),
 }
 
 /// How a connected phase ended.
@@ -409,8 +413,12 @@ impl Task {
             self.link.uplink.attempting();
             let conn = match self.attempt().await {
                 Ok(conn) => conn,
-                Err(AttemptError::Stop) => break,
-                Err(AttemptError::Failed(reason)) => {
+                Err(failure) => {
+                    let (reason, may_probe) = match failure {
+                        AttemptError::Stop => break,
+                        AttemptError::Failed(reason) => (reason, true),
+                        AttemptError::Credentials(reason) => (reason, false),
+                    };
                     self.failures += 1;
                     if self.failures == 1 {
                         tracing::warn!(device = %self.device_id, error = %reason,
@@ -420,7 +428,7 @@ impl Task {
                             failures = self.failures, "hub connect failed again");
                     }
                     let delay = self.backoff.next_delay();
-                    if self.backoff_sleep(delay).await.is_none() {
+                    if self.backoff_sleep(delay, may_probe).await.is_none() {
                         break;
                     }
                     continue;
@@ -463,7 +471,7 @@ impl Task {
                     // Jittered, so that a hub-wide drop does not bring every identity back at
                     // the same instant.
                     let delay = self.backoff.next_delay();
-                    if self.backoff_sleep(delay).await.is_none() {
+                    if self.backoff_sleep(delay, true).await.is_none() {
                         break;
                     }
                 }
@@ -480,8 +488,10 @@ impl Task {
     }
 
     /// Sleeps out a backoff `delay`, or less: until another session of the gateway connects
-    /// after failures, or until this session takes the gateway's outage probe (`None` = stop).
-    async fn backoff_sleep(&mut self, delay: Duration) -> Option<()> {
+    /// after failures, or (if `may_probe`) until this session takes the gateway's outage probe
+    /// (`None` = stop). A session refused for its credentials does not probe: the hub answered,
+    /// so the uplink is not what failed, and a wrong key must not be retried every few seconds.
+    async fn backoff_sleep(&mut self, delay: Duration, may_probe: bool) -> Option<()> {
         let until = Instant::now() + delay;
         // Subscribing marks the current generation as seen: only a later recovery wakes.
         let mut recovered = self.link.uplink.recovered.subscribe();
@@ -490,7 +500,7 @@ impl Task {
             .ctl
             .run(async {
                 loop {
-                    let probe_at = uplink.probe_due();
+                    let probe_at = uplink.probe_due().filter(|_| may_probe);
                     tokio::select! {
                         () = sleep_until(until) => return "backoff",
                         changed = recovered.changed() => {
@@ -547,7 +557,7 @@ impl Task {
         match self.ctl.run(events.recv()).await {
             None => return Err(AttemptError::Stop),
             Some(Some(Ok(Event::Incoming(Packet::ConnAck(_))))) => {}
-            Some(Some(Err(e))) => return Err(AttemptError::Failed(describe(&e))),
+            Some(Some(Err(e))) => return Err(attempt_error(&e)),
             Some(Some(Ok(other))) => {
                 return Err(AttemptError::Failed(format!(
                     "unexpected first event {other:?}"
@@ -823,6 +833,16 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, Connecti
 }
 
 /// A connection error for logs and `Disconnected` (rumqttc's errors never echo the password).
+/// A failed connect: a refusal of the credentials, or anything else.
+fn attempt_error(e: &ConnectionError) -> AttemptError {
+    match e {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => AttemptError::Credentials(describe(e)),
+        _ => AttemptError::Failed(describe(e)),
+    }
+}
+
 fn describe(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => format!("hub refused the connection: {code:?}"),
