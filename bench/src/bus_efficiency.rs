@@ -18,7 +18,6 @@
 //! `BUS_EFFICIENCY_DUMP=<file>` set, each run writes its gaps (ns, line order) to that file.
 #![allow(clippy::disallowed_types)]
 
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -29,6 +28,7 @@ use device_protocols::serial::SerialSettings;
 use device_protocols::sim::{RtuSim, SimMap, UnitMap};
 
 use crate::device::Responder;
+use crate::side_thread::SideThread;
 use crate::stats::{Summary, median_f64, ms, us};
 use crate::wire::{Direction, Frame, WireConfig, WireRelay};
 
@@ -329,74 +329,39 @@ fn units(opts: &Options) -> anyhow::Result<Vec<UnitConfig>> {
 }
 
 /// The simulator on its own thread and current-thread runtime (as a device is separate from
-/// the gateway). Dropping the returned sender stops it.
+/// the gateway): its pty's path, and the thread (stopping it stops the simulator).
 fn start_sim(
     link: std::path::PathBuf,
     opts: &Options,
-) -> anyhow::Result<(
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<()>,
-    std::path::PathBuf,
-)> {
+) -> anyhow::Result<(std::path::PathBuf, SideThread)> {
     let map = sim_map(opts);
     let delay = (!opts.sim_delay.is_zero()).then_some(opts.sim_delay);
     let unit_ids: Vec<u8> = (1..=opts.units).collect();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (path_tx, path_rx) = std_mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("simulator".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = path_tx.send(Err(anyhow::Error::from(e).context("simulator runtime")));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                match RtuSim::start(link, map) {
-                    Ok(sim) => {
-                        for u in unit_ids {
-                            sim.handle().set_delay(u, delay);
-                        }
-                        let _ = path_tx.send(Ok(sim.path().to_owned()));
-                        let _ = stop_rx.await;
-                    }
-                    Err(e) => {
-                        let _ = path_tx
-                            .send(Err(anyhow::Error::from(e).context("starting the simulator")));
-                    }
-                }
-            });
-        })
-        .context("spawning the simulator thread")?;
-    let path = path_rx
-        .recv()
-        .context("the simulator thread ended early")??;
-    Ok((stop_tx, thread, path))
+    SideThread::start("simulator", move || async move {
+        let sim = RtuSim::start(link, map).context("starting the simulator")?;
+        for u in unit_ids {
+            sim.handle().set_delay(u, delay);
+        }
+        let path = sim.path().to_owned();
+        // The simulator lives (and serves) as long as this future.
+        let serve = async move {
+            let _sim = sim;
+            std::future::pending::<()>().await;
+        };
+        Ok((path, serve))
+    })
 }
 
 /// The far side of the wire while a run lasts.
 enum FarSide {
-    Sim(
-        tokio::sync::oneshot::Sender<()>,
-        std::thread::JoinHandle<()>,
-    ),
+    Sim(SideThread),
     Direct(Responder),
 }
 
 impl FarSide {
     fn stop(self) -> anyhow::Result<()> {
         match self {
-            FarSide::Sim(stop, thread) => {
-                let _ = stop.send(());
-                thread
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("the simulator thread panicked"))
-            }
+            FarSide::Sim(thread) => thread.stop(),
             FarSide::Direct(responder) => responder.stop(),
         }
     }
@@ -412,9 +377,8 @@ fn start_line(
     let link = dir.join(format!("line-{baud}"));
     Ok(match opts.device {
         Device::Sim => {
-            let (sim_stop, sim_thread, sim_path) =
-                start_sim(dir.join(format!("sim-{baud}")), opts)?;
-            let far = FarSide::Sim(sim_stop, sim_thread);
+            let (sim_path, sim_thread) = start_sim(dir.join(format!("sim-{baud}")), opts)?;
+            let far = FarSide::Sim(sim_thread);
             let relay = WireRelay::start(link, &sim_path, WireConfig::for_serial(line))?;
             (far, relay)
         }

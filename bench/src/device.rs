@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use device_protocols::sim::{SimMap, UnitMap, handle_request};
 use tokio_modbus::server::rtu_over_tcp::Server;
+
+use crate::side_thread::SideThread;
 use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
 
 /// The units' data and the answer delay, shared by the connections.
@@ -74,8 +76,7 @@ impl tokio_modbus::server::Service for MapService {
 pub struct Responder {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: SideThread,
 }
 
 impl Responder {
@@ -88,60 +89,32 @@ impl Responder {
             answered: AtomicU64::new(0),
         });
         let service = MapService(Arc::clone(&shared));
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("device".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = addr_tx.send(Err(anyhow::Error::from(e).context("device runtime")));
-                        return;
+        let (addr, thread) = SideThread::start("device", move || async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding 127.0.0.1:0")?;
+            let addr = listener.local_addr().context("its local address")?;
+            let serve = async move {
+                let server = Server::new(listener);
+                let on_connected = |stream: tokio::net::TcpStream, _peer| {
+                    let service = service.clone();
+                    async move {
+                        // Answers are written whole; never hold one back for an ACK.
+                        stream.set_nodelay(true)?;
+                        Ok(Some((service, stream)))
                     }
                 };
-                rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ =
-                                addr_tx
-                                    .send(Err(anyhow::Error::from(e)
-                                        .context("device: binding 127.0.0.1:0")));
-                            return;
-                        }
-                    };
-                    let _ = addr_tx.send(listener.local_addr().context("device: local address"));
-                    let server = Server::new(listener);
-                    let on_connected = |stream: tokio::net::TcpStream, _peer| {
-                        let service = service.clone();
-                        async move {
-                            // Answers are written whole; never hold one back for an ACK.
-                            stream.set_nodelay(true)?;
-                            Ok(Some((service, stream)))
-                        }
-                    };
-                    let on_error = |e: std::io::Error| eprintln!("device: connection failed: {e}");
-                    tokio::select! {
-                        r = server.serve(&on_connected, on_error) => {
-                            if let Err(e) = r {
-                                eprintln!("device: server stopped: {e}");
-                            }
-                        }
-                        _ = stop_rx => {}
-                    }
-                });
-            })
-            .context("spawning the device thread")?;
-        let addr = addr_rx.recv().context("the device thread ended early")??;
+                let on_error = |e: std::io::Error| eprintln!("device: connection failed: {e}");
+                if let Err(e) = server.serve(&on_connected, on_error).await {
+                    eprintln!("device: server stopped: {e}");
+                }
+            };
+            Ok((addr, serve))
+        })?;
         Ok(Self {
             addr,
             shared,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -156,26 +129,8 @@ impl Responder {
     }
 
     /// Stops the server and joins its thread.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| anyhow::anyhow!("the device thread panicked")),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        let _ = self.shutdown();
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.thread.stop()
     }
 }
 

@@ -13,5 +13,6 @@ pub mod latency;
 pub mod outage;
 pub mod rig;
 pub mod scale;
+pub mod side_thread;
 pub mod stats;
 pub mod wire;
