@@ -229,16 +229,21 @@ async fn a_session_back_after_failures_wakes_the_others_from_their_backoff() {
     assert!(d1.handle.get_twin().await.is_ok());
 }
 
-#[tokio::test]
-async fn while_no_session_is_connected_one_probes_the_hub_whatever_its_backoff() {
-    let mut hub = start_hub(&["d1", "d2"]).await;
-    // After their first refusal both sessions would sleep for an hour.
-    hub.settings.backoff = BackoffConfig {
+/// A backoff no session sleeps out within a test: a retry before the deadline was woken.
+fn an_hour_after_each_failure() -> BackoffConfig {
+    BackoffConfig {
         initial: Duration::from_hours(1),
         max: Duration::from_hours(1),
         multiplier: 2.0,
         jitter: 0.0,
-    };
+    }
+}
+
+#[tokio::test]
+async fn while_no_session_is_connected_one_probes_the_hub_whatever_its_backoff() {
+    let mut hub = start_hub(&["d1", "d2"]).await;
+    // After their first refusal both sessions would sleep for an hour.
+    hub.settings.backoff = an_hour_after_each_failure();
     control(&hub.emu, "/refuse?for=1h").await;
     let link = link(&hub);
     let mut d1 = link.spawn("d1", key_a());
@@ -261,12 +266,7 @@ async fn while_no_session_is_connected_one_probes_the_hub_whatever_its_backoff()
 #[tokio::test]
 async fn a_session_refused_for_its_key_does_not_take_the_outage_probe() {
     let mut hub = start_hub(&["d1"]).await;
-    hub.settings.backoff = BackoffConfig {
-        initial: Duration::from_hours(1),
-        max: Duration::from_hours(1),
-        multiplier: 2.0,
-        jitter: 0.0,
-    };
+    hub.settings.backoff = an_hour_after_each_failure();
     let _s = link(&hub).spawn("d1", Credential::SymmetricKey(Secret::new(KEY_WRONG)));
     eventually("d1 refused once", || async {
         counter(&hub.emu, "connects_refused").await >= 1
