@@ -369,3 +369,35 @@ fn existing_store_in_read_only_directory_is_an_error() {
         },
     );
 }
+
+/// A flock belongs to the open file, which a child spawned by any thread shares from `fork`
+/// until its `exec`: a store closed and reopened while other threads start programs must not
+/// find its own lock still held (the CLI tests and `demo` do exactly that).
+#[test]
+fn reopening_while_other_threads_spawn_programs_is_not_locked_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::process::Command::new("true").status();
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for round in 0..200 {
+        match open(&path) {
+            Ok(store) => store.close().wait().unwrap(),
+            Err(e) => failures.push(format!("round {round}: {e}")),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for spawner in spawners {
+        spawner.join().unwrap();
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -167,19 +167,40 @@ fn lock_writer(path: &Path) -> Result<File, StoreError> {
             lock: lock_path.clone(),
             source,
         })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
-            path: path.to_path_buf(),
-            lock: lock_path,
-        }),
-        Err(TryLockError::Error(source)) => Err(StoreError::Lock {
-            path: path.to_path_buf(),
-            lock: lock_path,
-            source,
-        }),
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(LOCK_RETRY);
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: path.to_path_buf(),
+                    lock: lock_path,
+                });
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(StoreError::Lock {
+                    path: path.to_path_buf(),
+                    lock: lock_path,
+                    source,
+                });
+            }
+        }
     }
 }
+
+/// How long a held writer lock is waited for before the store is reported locked.
+///
+/// A lock can be held for a moment by a process that never opened the store: a flock
+/// belongs to the open file, and a child spawned by any thread of the holder shares it from
+/// `fork` until its `exec` closes the (close-on-exec) descriptor. So a store closed and
+/// reopened in one process can find its own lock still held briefly while another thread
+/// starts a program. A running agent holds it for good and is still reported, after this.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+/// Between two tries of a held lock.
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// Opens (creating if missing) a read-write store; see [`super::Store::open`].
 pub(crate) fn open_rw(path: &Path, options: StoreOptions) -> Result<Db, StoreError> {

@@ -379,7 +379,8 @@ impl Store {
     ///
     /// One writer per file: an exclusive lock on `<path>-lock` (created beside the database,
     /// never removed) is held until the writer thread stops. A second open fails with
-    /// [`StoreError::Locked`], also within one process: dropping every handle stops the thread
+    /// [`StoreError::Locked`] (after waiting up to half a second for a lock that is only
+    /// held for a moment), also within one process: dropping every handle stops the thread
     /// asynchronously, so `close().wait()` (or `.await`) before reopening.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path: Arc<Path> = Arc::from(path.as_ref());
