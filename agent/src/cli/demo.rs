@@ -11,10 +11,11 @@ pub fn run(once: bool, phase: Duration, err: &mut dyn Write) -> u8 {
     let options = DemoOptions { once, phase, live };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2);
-    super::block_on(
+    super::block_on_coded(
         builder,
         "twinbridge demo",
         async move { run_demo(options, &mut std::io::stdout()).await },
         err,
+        |_| 1,
     )
 }

@@ -58,18 +58,9 @@ pub(crate) fn print_config_errors(
     );
 }
 
-/// Runs `future` on a tokio runtime made by `builder`; returns the exit code: 0 on `Ok`, 1
-/// with `"{what}: {error}"` on `err` otherwise (or when the runtime cannot start).
-pub(crate) fn block_on<E: std::fmt::Display>(
-    builder: tokio::runtime::Builder,
-    what: &str,
-    future: impl std::future::Future<Output = Result<(), E>>,
-    err: &mut dyn std::io::Write,
-) -> u8 {
-    block_on_coded(builder, what, future, err, |_| 1)
-}
-
-/// [`block_on`], with the exit code of an error chosen by `code`.
+/// Runs `future` on a tokio runtime made by `builder`; returns the exit code: 0 on `Ok`,
+/// `code(&error)` with `"{what}: {error}"` on `err` otherwise (1 when the runtime cannot
+/// start).
 pub(crate) fn block_on_coded<E: std::fmt::Display>(
     mut builder: tokio::runtime::Builder,
     what: &str,

@@ -167,11 +167,14 @@ fn lock_writer(path: &Path) -> Result<File, StoreError> {
             lock: lock_path.clone(),
             source,
         })?;
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(file),
-            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+            Err(TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                // The writer thread, outside any runtime: nothing to await, a flock has no
+                // timeout, and the holder (a child about to exec) gives no signal.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(LOCK_RETRY);
             }
             Err(TryLockError::WouldBlock) => {
