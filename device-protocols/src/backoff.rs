@@ -48,6 +48,18 @@ impl BackoffConfig {
     }
 }
 
+/// `delay` scaled by a random factor in `[1 - jitter, 1]` (`jitter` clamped to `0..=1`):
+/// spreads out waits that would otherwise line up across tasks or machines, and never
+/// exceeds `delay`.
+pub fn jittered(delay: Duration, jitter: f64) -> Duration {
+    let jitter = jitter.clamp(0.0, 1.0);
+    if jitter > 0.0 {
+        delay.mul_f64(rand::rng().random_range((1.0 - jitter)..=1.0))
+    } else {
+        delay
+    }
+}
+
 /// Backoff state: how many failures in a row, and the next delay.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -78,13 +90,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = self.base_delay(self.failures);
         self.failures = self.failures.saturating_add(1);
-        let jitter = self.config.jitter.clamp(0.0, 1.0);
-        let factor = if jitter > 0.0 {
-            rand::rng().random_range((1.0 - jitter)..=1.0)
-        } else {
-            1.0
-        };
-        base.mul_f64(factor)
+        jittered(base, self.config.jitter)
     }
 
     /// The un-jittered delay after `failures` earlier failures.

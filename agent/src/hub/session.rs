@@ -9,7 +9,8 @@
 //! minutes, and after a long hub outage the sessions' retries bunch up (they all failed at the
 //! same instant and their jitter only trims each delay), so without help the first one back
 //! would come minutes after the hub. So: while no session is connected, one of the sleeping
-//! sessions retries whenever the gateway made no attempt for [`OUTAGE_PROBE`] (one CONNECT per
+//! sessions retries whenever the gateway made no attempt for [`OUTAGE_PROBE`] (less up to a fifth,
+//! at random, so gateways that lost the hub together do not probe in step; one CONNECT per
 //! probe period for the whole gateway, not per identity; a session whose credentials the hub
 //! refused does not probe: its key will not get better by asking again); and when a session connects after
 //! failing, every session sleeping out a backoff retries at once, through the connect pacing.
@@ -56,6 +57,9 @@ pub const EVENT_CHANNEL: usize = 64;
 /// While no session of the gateway is connected, the longest the gateway goes without a
 /// connect attempt: one sleeping session then retries, whatever its own backoff.
 pub const OUTAGE_PROBE: Duration = Duration::from_secs(5);
+/// Each probe period is [`OUTAGE_PROBE`] shortened by up to this fraction, at random: a
+/// fleet of gateways that lost the hub at the same instant does not keep probing in step.
+const OUTAGE_PROBE_JITTER: f64 = 0.2;
 
 /// What the sessions of one gateway know together about their shared uplink.
 #[derive(Debug)]
@@ -64,8 +68,9 @@ pub(super) struct Uplink {
     recovered: watch::Sender<u64>,
     /// Sessions connected now.
     connected: AtomicUsize,
-    /// When the gateway last attempted a connect (any session).
-    last_attempt: Mutex<Instant>,
+    /// When the next outage probe is due: a jittered [`OUTAGE_PROBE`] after the gateway's
+    /// last connect attempt (any session).
+    next_probe: Mutex<Instant>,
 }
 
 impl Uplink {
@@ -73,37 +78,42 @@ impl Uplink {
         Self {
             recovered: watch::Sender::new(0),
             connected: AtomicUsize::new(0),
-            last_attempt: Mutex::new(Instant::now()),
+            next_probe: Mutex::new(Instant::now() + probe_period()),
         }
     }
 
-    fn last_attempt(&self) -> MutexGuard<'_, Instant> {
+    fn next_probe(&self) -> MutexGuard<'_, Instant> {
         // A plain instant: valid whatever a panicking holder left.
-        self.last_attempt
+        self.next_probe
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn attempting(&self) {
-        *self.last_attempt() = Instant::now();
+        *self.next_probe() = Instant::now() + probe_period();
     }
 
     /// When the next outage probe is due, if the uplink looks down (no session connected).
     fn probe_due(&self) -> Option<Instant> {
-        (self.connected.load(Ordering::SeqCst) == 0).then(|| *self.last_attempt() + OUTAGE_PROBE)
+        (self.connected.load(Ordering::SeqCst) == 0).then(|| *self.next_probe())
     }
 
     /// Whether the caller may probe now: true for exactly one of the sessions woken together.
     fn claim_probe(&self) -> bool {
-        let mut last = self.last_attempt();
+        let mut next = self.next_probe();
         let now = Instant::now();
-        if self.connected.load(Ordering::SeqCst) == 0 && now >= *last + OUTAGE_PROBE {
-            *last = now;
+        if self.connected.load(Ordering::SeqCst) == 0 && now >= *next {
+            *next = now + probe_period();
             true
         } else {
             false
         }
     }
+}
+
+/// One outage probe period: [`OUTAGE_PROBE`], jittered.
+fn probe_period() -> Duration {
+    device_protocols::backoff::jittered(OUTAGE_PROBE, OUTAGE_PROBE_JITTER)
 }
 
 /// Counts a session as connected while it lives.
@@ -946,6 +956,18 @@ mod tests {
         uplink.attempting();
         sleep(OUTAGE_PROBE / 2).await;
         assert!(!uplink.claim_probe());
+    }
+
+    #[test]
+    fn outage_probe_periods_are_jittered_within_the_probe_period() {
+        let periods: Vec<Duration> = (0..200).map(|_| probe_period()).collect();
+        let shortest = OUTAGE_PROBE.mul_f64(1.0 - OUTAGE_PROBE_JITTER);
+        assert!(
+            periods.iter().all(|p| *p >= shortest && *p <= OUTAGE_PROBE),
+            "{periods:?}"
+        );
+        // 200 draws from a continuous range: all equal only if there is no jitter.
+        assert!(periods.iter().any(|p| *p != periods[0]), "{periods:?}");
     }
 
     #[test]
