@@ -217,16 +217,7 @@ async fn field_tools_refuse_the_service_s_port_and_read_and_write_once_it_is_sto
 
     // And scan finds the unit, with what it answers. The timeout is the wait for unit 1's
     // answers too: on a loaded machine the simulator can take longer than 50 ms.
-    let scan = twinbridge(&[
-        "scan",
-        &port,
-        "--units",
-        "1-3",
-        "--timeout",
-        "1s",
-        "--json",
-    ])
-    .await;
+    let scan = twinbridge(&["scan", &port, "--units", "1-3", "--timeout", "1s", "--json"]).await;
     assert_eq!(scan.status.code(), Some(0), "{}", text(&scan.stderr));
     let doc: Value = serde_json::from_slice(&scan.stdout).expect("scan --json prints JSON");
     assert_eq!(doc["units"][0]["unit"], 1, "{doc}");

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use device_protocols::point::Table;
 use twinbridge_e2e::site::PtySite;
-use twinbridge_e2e::{DEADLINE, eventually, spawn_ready, terminate};
+use twinbridge_e2e::{DEADLINE, eventually, has_line, spawn_notified, spawn_ready, terminate};
 
 const GATEWAY: &str = "gw-1";
 const DEVICE: &str = "meter-01";
@@ -179,5 +179,57 @@ async fn a_full_state_dir_keeps_the_agent_polling_and_loses_nothing() {
 
     let exit = terminate(agent).await;
     assert!(exit.success(), "clean exit on SIGTERM: {exit}");
+    assert_eq!(site.integrity(), "ok");
+}
+
+/// A reload while the disk is full must not hold up a stop: a SIGHUP that changes the bus
+/// (its bridge is stopped and restarted, while the bridge waits on a write the store keeps
+/// retrying), then SIGTERM: the agent exits cleanly without waiting for space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_on_a_full_disk_does_not_hold_up_sigterm() {
+    let Some(disk) = Tmpfs::mount("2m") else {
+        return;
+    };
+    let site = PtySite::start(GATEWAY, &[DEVICE], Some(&disk.path().join("state"))).await;
+    let sim = site.sim();
+    let (agent, notify) = spawn_notified(site.command()).await;
+    eventually("the first value reaches the hub", DEADLINE, || async {
+        site.hub_temperature(DEVICE) == Some(21.1)
+    })
+    .await;
+
+    let _filler = fill(disk.path());
+    let mut value: u16 = 300;
+    change_until(
+        "the agent reports the failing writes",
+        sim,
+        &mut value,
+        || site.log().contains("store write failed"),
+    )
+    .await;
+    // The bus changes (a new poll period): the reload stops and restarts its bridge.
+    let config = std::fs::read_to_string(site.config()).expect("config read");
+    assert!(config.contains("poll = \"100ms\""), "{config}");
+    std::fs::write(
+        site.config(),
+        config.replace("poll = \"100ms\"", "poll = \"150ms\""),
+    )
+    .expect("config changed");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("pids fit in i32")),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP sent");
+    notify
+        .wait_for("RELOADING=1", |m| has_line(m, "RELOADING=1"))
+        .await;
+    sim.set_values(1, Table::Input, 0, &[value + 1]);
+
+    let exit = terminate(agent).await;
+    assert!(
+        exit.success(),
+        "clean exit on SIGTERM during a reload on a full disk: {exit}; log:\n{}",
+        site.log()
+    );
     assert_eq!(site.integrity(), "ok");
 }

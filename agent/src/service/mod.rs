@@ -41,9 +41,18 @@ pub async fn run_until_signal(
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break None }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break None }
             _ = hangup.recv() => {
-                // A reload runs to its end; a SIGTERM meanwhile is handled right after.
-                if let Err(e) = reload::on_hangup(&mut runtime, reload.as_ref()).await {
-                    break Some(e);
+                let store = runtime.handle().store().clone();
+                let reloading = reload::on_hangup(&mut runtime, reload.as_ref());
+                match until_stop_requested(reloading, &store, &mut terminate, &mut interrupt).await {
+                    (Ok(()), None) => {}
+                    (Err(e), None) => break Some(e),
+                    (outcome, Some(signal)) => {
+                        if let Err(e) = outcome {
+                            tracing::warn!(error = %e, "the reload did not finish before the stop");
+                        }
+                        tracing::info!("{signal}: stopping");
+                        break None;
+                    }
                 }
             }
             e = runtime.failed() => break Some(e),
@@ -55,6 +64,31 @@ pub async fn run_until_signal(
     match failure {
         Some(e) => Err(e),
         None => stopped,
+    }
+}
+
+/// Runs `reloading` to its end (a reload is not cancelled half-way), noting a SIGTERM or
+/// SIGINT that comes meanwhile: the stop is handled right after. Such a signal also gives up
+/// the store's retries at once, as the stop would: a reload waiting on a write to a full or
+/// read-only disk would otherwise hold the stop until the disk recovers.
+async fn until_stop_requested<T>(
+    reloading: impl std::future::Future<Output = T>,
+    store: &crate::store::Store,
+    terminate: &mut tokio::signal::unix::Signal,
+    interrupt: &mut tokio::signal::unix::Signal,
+) -> (T, Option<&'static str>) {
+    tokio::pin!(reloading);
+    let mut stop = None;
+    loop {
+        tokio::select! {
+            outcome = &mut reloading => return (outcome, stop),
+            _ = terminate.recv(), if stop.is_none() => stop = Some("SIGTERM"),
+            _ = interrupt.recv(), if stop.is_none() => stop = Some("SIGINT"),
+        }
+        if let Some(signal) = stop {
+            tracing::info!("{signal} during a reload: stopping once it ends");
+            store.give_up_retries();
+        }
     }
 }
 

@@ -86,6 +86,19 @@ pub enum RuntimeError {
     Task(String),
 }
 
+/// Keeps the first failure of a stopping agent in `first`. A store write given up for the
+/// stop (state directory full or not writable) is only logged: not committed, and nothing
+/// more can be done about it now.
+fn note_stop_error(error: Option<RuntimeError>, first: &mut Option<RuntimeError>) {
+    match error {
+        Some(e) if e.is_unwritable_store() => {
+            tracing::warn!(error = %e, "stopping with a change not committed (state directory full or not writable)");
+        }
+        Some(e) if first.is_none() => *first = Some(e),
+        _ => {}
+    }
+}
+
 impl RuntimeError {
     /// Whether this is a store write that failed on a full, read-only or failing state
     /// directory ([`StoreError::is_out_of_space`]), directly or through a bridge.
@@ -428,16 +441,12 @@ impl Runtime {
         // A task may wait behind a write the store retries (disk full or read-only): without
         // this the stop would wait until the disk recovers.
         self.handle.store.give_up_retries();
-        let mut first_error = self.tasks.failure.take();
+        let mut first_error = None;
+        // A failure already seen is sorted the same way: retries can also have been given up
+        // before this call (a SIGTERM during a reload), and a task failed on that meanwhile.
+        note_stop_error(self.tasks.failure.take(), &mut first_error);
         while let Some((_, error)) = self.tasks.join_next().await {
-            match error {
-                // Given up above: not committed, and nothing more can be done about it now.
-                Some(e) if e.is_unwritable_store() => {
-                    tracing::warn!(error = %e, "stopping with a change not committed (state directory full or not writable)");
-                }
-                Some(e) if first_error.is_none() => first_error = Some(e),
-                _ => {}
-            }
+            note_stop_error(error, &mut first_error);
         }
         futures::future::join_all(self.identities.values().map(|i| i.session.shutdown())).await;
         self.handle.store.clone().close().await?;

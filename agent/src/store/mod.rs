@@ -307,7 +307,14 @@ fn run_job(db: &mut db::Db, job: &mut Job, health: &WriteHealth) {
     }
     if failed {
         health.set(None);
-        tracing::warn!("store writes succeed again; resumed");
+        if health.closing() {
+            // The job answered its error: retries end with the store's life.
+            tracing::warn!(
+                "store write retries given up for the stop: that change is not committed"
+            );
+        } else {
+            tracing::warn!("store writes succeed again; resumed");
+        }
     }
 }
 
