@@ -12,10 +12,57 @@
 //! settings are accepted by the kernel and simply have no electrical effect.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_serial::SerialStream;
+
+/// A serial port whose flush does not wait for the bytes to leave the UART.
+///
+/// tokio-serial's flush is `tcdrain(3)`, a blocking system call, made on the async
+/// runtime's thread; tokio-modbus flushes every request, so on a real UART the whole agent
+/// stood still for each frame's wire time (≈ 8 ms for a read at 9600 baud, ≈ 266 ms for a
+/// 123-register write). A tty keeps no bytes in user space: once `write` returned, the
+/// kernel sends them in order, so there is nothing to flush. Nor is the wait needed: an
+/// answer cannot come before its request has left, the bus's timeout counts from before the
+/// write, its inter-frame gap from the end of the answer, and RS-485 direction is switched by
+/// the kernel (or the adapter), not around the flush. (A pseudo-terminal's `tcdrain` returns
+/// at once, which is why no pty test could see the stall.)
+#[derive(Debug)]
+pub struct NoDrain<S>(pub S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for NoDrain<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for NoDrain<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Closing the descriptor (on drop) is the port's shutdown; tokio-serial's own
+        // shutdown would only flush, i.e. drain.
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// Parity of a serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -443,6 +490,46 @@ pub fn bytes_to_read(port: &SerialStream) -> std::io::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A port whose drain never ends (a UART that never gets its bytes out).
+    struct NeverDrains(tokio::io::DuplexStream);
+
+    impl AsyncWrite for NeverDrains {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn no_drain_writes_through_and_never_waits_for_the_port_to_drain() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut port = NoDrain(NeverDrains(near));
+        let soon = Duration::from_secs(5);
+        tokio::time::timeout(soon, async {
+            port.write_all(b"\x01\x03\x00\x00\x00\x01\x84\x0a").await?;
+            port.flush().await?;
+            port.shutdown().await
+        })
+        .await
+        .expect("flush and shutdown do not wait for a drain")
+        .expect("written");
+        let mut frame = [0u8; 8];
+        far.read_exact(&mut frame)
+            .await
+            .expect("the frame went through");
+        assert_eq!(frame, *b"\x01\x03\x00\x00\x00\x01\x84\x0a");
+    }
 
     #[test]
     fn defaults_are_9600_8n1() {

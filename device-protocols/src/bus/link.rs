@@ -162,7 +162,7 @@ pub(crate) async fn open(
         Transport::Serial(settings) => {
             let stream = crate::serial::open(settings).map_err(|e| e.to_string())?;
             (
-                Box::new(stream),
+                Box::new(crate::serial::NoDrain(stream)),
                 Framing::Rtu,
                 settings.inter_frame_gap().max(turnaround),
             )

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::health::PortState;
-use crate::serial::{self, SerialError, SerialSettings};
+use crate::serial::{self, NoDrain, SerialError, SerialSettings};
 
 /// Settings of one line device on its own serial port.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,7 +243,7 @@ impl LineDeviceHandle {
 struct Runtime {
     config: LineDeviceConfig,
     /// The open port, `None` while it is down.
-    reader: Option<LineReader<SerialStream>>,
+    reader: Option<LineReader<NoDrain<SerialStream>>>,
     /// Counters carried over while the port is down, handed to the next reader.
     counters: LineCounters,
     reopen: Backoff,
@@ -399,8 +399,9 @@ impl Runtime {
                 Ok(port) => {
                     tracing::info!(device = %self.config.name, "port open");
                     let counters = std::mem::take(&mut self.counters);
-                    self.reader =
-                        Some(LineReader::new(port, &self.config.line).with_counters(counters));
+                    self.reader = Some(
+                        LineReader::new(NoDrain(port), &self.config.line).with_counters(counters),
+                    );
                     // The backoff is reset once the port proves itself (`proven`), not here.
                     self.health.send_modify(|h| {
                         h.port = PortState::Open;
