@@ -1,5 +1,7 @@
 //! Store throughput: committed poll-result transactions per second for 100 devices × 20
-//! properties, with `synchronous = FULL` (the default) and `NORMAL`.
+//! properties, with `synchronous = FULL` (the default) and `NORMAL`; and the same for
+//! `every-change` devices whose journal is at its default 1 MiB bound (each merge journals
+//! the change and prunes the oldest entries).
 //!
 //! Run: `cargo bench -p twinbridge --bench store_throughput`
 //! The database goes to a temporary directory; set `TWINBRIDGE_BENCH_DIR` to measure another
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
-use twinbridge::store::{Store, StoreOptions, Synchronous};
+use twinbridge::store::{HistoryLimits, Store, StoreOptions, Synchronous};
 
 const DEVICES: usize = 100;
 const PROPERTIES: usize = 20;
@@ -115,8 +117,12 @@ fn main() {
         dir.path().display()
     );
     println!(
-        "{:<8} {:>22} {:>22} {:>26}",
-        "sync", "poll tx/s (sequential)", "poll tx/s (pipelined)", "send+ack cycle tx/s"
+        "{:<8} {:>22} {:>22} {:>26} {:>30}",
+        "sync",
+        "poll tx/s (sequential)",
+        "poll tx/s (pipelined)",
+        "send+ack cycle tx/s",
+        "every-change tx/s (at 1 MiB)"
     );
     for level in [Synchronous::Full, Synchronous::Normal] {
         let store = open(dir.path(), level);
@@ -125,12 +131,74 @@ fn main() {
         let sequential = poll_rounds(&store, false);
         let pipelined = poll_rounds(&store, true);
         let cycles = sync_cycles(&store);
+        store.close().wait().expect("close");
+        let journaled = every_change_at_bound(dir.path(), level);
         println!(
-            "{:<8} {sequential:>22.0} {pipelined:>22.0} {cycles:>26.0}",
+            "{:<8} {sequential:>22.0} {pipelined:>22.0} {cycles:>26.0} {journaled:>30.0}",
             format!("{level:?}")
         );
-        store.close().wait().expect("close");
     }
+}
+
+/// `every-change` devices with their journal at the default bound (1 MiB, 7 days): merges
+/// per second, sequential, once every journal has started dropping its oldest entries.
+fn every_change_at_bound(dir: &std::path::Path, level: Synchronous) -> f64 {
+    const JOURNALED: usize = 10;
+    let path = dir.join(format!("bench-history-{level:?}.db"));
+    let store = Store::open(
+        &path,
+        StoreOptions {
+            synchronous: level,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open bench store");
+    let limits = HistoryLimits {
+        max_bytes: twinbridge::config::DEFAULT_HISTORY_MAX_BYTES,
+        max_age: twinbridge::config::DEFAULT_HISTORY_MAX_AGE,
+    };
+    for d in 0..JOURNALED {
+        store
+            .configure_device(&device(d), Some(limits))
+            .wait()
+            .expect("configure");
+    }
+    // Fill every journal past its bound (pipelined, as concurrent device tasks do).
+    let mut round = 1;
+    loop {
+        let replies: Vec<_> = (0..JOURNALED)
+            .map(|d| store.merge_local(&device(d), poll_result(round, d)))
+            .collect();
+        for reply in replies {
+            reply.wait().expect("commit");
+        }
+        round += 1;
+        let full = (0..JOURNALED).all(|d| {
+            store
+                .snapshot(&device(d))
+                .wait()
+                .expect("snapshot")
+                .is_some_and(|s| s.journal_stats.dropped > 0)
+        });
+        if full {
+            break;
+        }
+    }
+    let start = Instant::now();
+    let mut transactions = 0usize;
+    while start.elapsed() < MIN_TIME {
+        for d in 0..JOURNALED {
+            store
+                .merge_local(&device(d), poll_result(round, d))
+                .wait()
+                .expect("commit");
+        }
+        transactions += JOURNALED;
+        round += 1;
+    }
+    let rate = transactions as f64 / start.elapsed().as_secs_f64();
+    store.close().wait().expect("close");
+    rate
 }
 
 fn poll_rounds_once(store: &Store) {

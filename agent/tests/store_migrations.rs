@@ -158,3 +158,58 @@ fn a_failing_step_rolls_back_and_leaves_the_old_version() {
         .unwrap();
     assert_eq!(columns, 0, "the half-applied step was rolled back");
 }
+
+/// v2 → v3 adds each device's journal byte total (kept by triggers from then on): it must
+/// start as the size of the journal the file already holds, or the bound would be off.
+#[test]
+fn v2_journal_keeps_its_byte_bound_after_the_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let conn = file_at_version(&path, 2);
+    conn.execute(
+        "INSERT INTO device (id, history_max_bytes, history_max_age_ms) VALUES ('m', 100, 86400000)",
+        [],
+    )
+    .unwrap();
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    for k in 0..5 {
+        conn.execute(
+            "INSERT INTO journal (device, patch, bytes, created_ms) VALUES ('m', ?1, 30, ?2)",
+            rusqlite::params![format!("{{\"k\":{k}}}"), now_ms],
+        )
+        .unwrap();
+    }
+    drop(conn);
+
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    // 150 bytes held against a bound of 100: the next merge drops the two oldest.
+    store.merge_local("m", json!({"a": 1})).wait().unwrap();
+    let snap = store.snapshot("m").wait().unwrap().unwrap();
+    assert_eq!(
+        snap.journal,
+        [
+            json!({"k": 2}),
+            json!({"k": 3}),
+            json!({"k": 4}),
+            json!({"a": 1})
+        ]
+    );
+    assert_eq!(snap.journal_stats.dropped, 2);
+    store.close().wait().unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let (kept, sum): (i64, i64) = conn
+        .query_row(
+            "SELECT journal_bytes, (SELECT sum(bytes) FROM journal) FROM device WHERE id = 'm'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(kept, sum, "the total follows inserts and deletes");
+    assert_eq!(kept, 90 + 7, "three old entries and {{\"a\":1}}");
+}

@@ -286,6 +286,21 @@ impl Harness {
     }
 
     fn check_step(&self) {
+        // The byte total pruning trusts (kept by triggers) is each journal's real size.
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let drifted: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM device d WHERE journal_bytes != \
+                 (SELECT coalesce(sum(bytes), 0) FROM journal j WHERE j.device = d.id)",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(drifted, 0, "journal_bytes is the journal's size");
         for (dev, m) in self.model.iter().enumerate() {
             let snap = self.store.snapshot(DEVICES[dev]).wait().unwrap();
             let Some(snap) = snap else {

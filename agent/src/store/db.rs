@@ -813,6 +813,11 @@ fn history_limits(
 }
 
 /// Drops the oldest journal entries older than `max_age` or beyond `max_bytes`, counting them.
+///
+/// Reads the journal oldest first and stops at the first entry it keeps, so a merge costs
+/// the entries it drops, not the journal's length (the byte total is kept by triggers, see
+/// schema v3). Entries are in `seq` order, which is creation order: should the wall clock
+/// have gone back, an entry older than `max_age` behind a newer one waits for that one.
 fn prune_journal(
     tx: &Transaction<'_>,
     path: &Path,
@@ -823,45 +828,51 @@ fn prune_journal(
     let sql = sqlite_at(path);
     let oldest_kept =
         now.saturating_sub(i64::try_from(limits.max_age.as_millis()).unwrap_or(i64::MAX));
-    let mut dropped = tx
-        .execute(
-            "DELETE FROM journal WHERE device = ?1 AND created_ms < ?2",
-            params![device, oldest_kept],
+    let max_bytes = i64::try_from(limits.max_bytes).unwrap_or(i64::MAX);
+    let mut total: i64 = tx
+        .query_row(
+            "SELECT journal_bytes FROM device WHERE id = ?1",
+            params![device],
+            |row| row.get(0),
         )
-        .map_err(sql)?;
-    // Newest first: keep entries while the running total fits, drop everything older.
-    let cutoff: Option<i64> = {
+        .optional()
+        .map_err(sql)?
+        .unwrap_or(0);
+    let mut cutoff = None;
+    {
         let mut stmt = tx
-            .prepare_cached("SELECT seq, bytes FROM journal WHERE device = ?1 ORDER BY seq DESC")
-            .map_err(sql)?;
-        let mut rows = stmt.query(params![device]).map_err(sql)?;
-        let mut total: u64 = 0;
-        let mut cutoff = None;
-        while let Some(row) = rows.next().map_err(sql)? {
-            let (seq, bytes): (i64, i64) = (row.get(0).map_err(sql)?, row.get(1).map_err(sql)?);
-            total = total.saturating_add(u64::try_from(bytes).unwrap_or(0));
-            if total > limits.max_bytes {
-                cutoff = Some(seq);
-                break;
-            }
-        }
-        cutoff
-    };
-    if let Some(cutoff) = cutoff {
-        dropped += tx
-            .execute(
-                "DELETE FROM journal WHERE device = ?1 AND seq <= ?2",
-                params![device, cutoff],
+            .prepare_cached(
+                "SELECT seq, bytes, created_ms FROM journal WHERE device = ?1 ORDER BY seq",
             )
             .map_err(sql)?;
+        let mut rows = stmt.query(params![device]).map_err(sql)?;
+        while let Some(row) = rows.next().map_err(sql)? {
+            let (seq, bytes, created): (i64, i64, i64) = (
+                row.get(0).map_err(sql)?,
+                row.get(1).map_err(sql)?,
+                row.get(2).map_err(sql)?,
+            );
+            if created >= oldest_kept && total <= max_bytes {
+                break;
+            }
+            total -= bytes;
+            cutoff = Some(seq);
+        }
     }
-    if dropped > 0 {
-        tx.execute(
-            "UPDATE device SET journal_dropped = journal_dropped + ?2 WHERE id = ?1",
-            params![device, dropped as i64],
+    let Some(cutoff) = cutoff else {
+        return Ok(());
+    };
+    let dropped = tx
+        .execute(
+            "DELETE FROM journal WHERE device = ?1 AND seq <= ?2",
+            params![device, cutoff],
         )
         .map_err(sql)?;
-    }
+    tx.execute(
+        "UPDATE device SET journal_dropped = journal_dropped + ?2 WHERE id = ?1",
+        params![device, dropped as i64],
+    )
+    .map_err(sql)?;
     Ok(())
 }
 

@@ -50,6 +50,20 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX journal_by_device ON journal(device, seq);
     ",
+    // v3: each device's journal size in bytes, kept by triggers in the same transaction as
+    // every insert and delete, so pruning reads only the entries it drops instead of
+    // summing the whole journal on every merge.
+    r"
+    ALTER TABLE device ADD COLUMN journal_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE device SET journal_bytes =
+        (SELECT coalesce(sum(bytes), 0) FROM journal WHERE journal.device = device.id);
+    CREATE TRIGGER journal_added AFTER INSERT ON journal BEGIN
+        UPDATE device SET journal_bytes = journal_bytes + NEW.bytes WHERE id = NEW.device;
+    END;
+    CREATE TRIGGER journal_removed AFTER DELETE ON journal BEGIN
+        UPDATE device SET journal_bytes = journal_bytes - OLD.bytes WHERE id = OLD.device;
+    END;
+    ",
 ];
 
 /// The schema version this build writes.
