@@ -37,6 +37,45 @@ pub struct Options {
     pub dir: Option<PathBuf>,
 }
 
+/// The command line of `twinbridge-bench footprint`.
+#[derive(Debug, clap::Args)]
+pub struct Flags {
+    /// Units (devices) on the line, 20 u16 holding registers each, polled every second.
+    #[arg(long, default_value_t = 10)]
+    units: u8,
+    /// Measuring window, in seconds.
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// Warm-up before the window, in seconds.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// The agent binary; default: `twinbridge` next to this executable
+    /// (`$CARGO_TARGET_DIR/release/twinbridge`, built by `cargo build --release -p twinbridge`).
+    /// What the packages ship: `$CARGO_TARGET_DIR/dist/twinbridge`, built by
+    /// `cargo build --profile dist -p twinbridge --no-default-features`.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Folder for the temporary config and state (the agent's SQLite store is written
+    /// there); default: the system temp folder.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl TryFrom<Flags> for Options {
+    type Error = anyhow::Error;
+
+    /// Fails when the agent binary is missing.
+    fn try_from(f: Flags) -> anyhow::Result<Self> {
+        Ok(Self {
+            units: f.units,
+            window: Duration::from_secs(f.seconds.max(1)),
+            warmup: Duration::from_secs(f.warmup),
+            binary: rig::agent_binary(f.binary)?,
+            dir: f.dir,
+        })
+    }
+}
+
 /// The measured figures.
 #[derive(Debug, Clone)]
 pub struct Report {

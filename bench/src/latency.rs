@@ -48,6 +48,53 @@ pub struct Options {
     pub dir: Option<PathBuf>,
 }
 
+/// The command line of `twinbridge-bench latency`.
+#[derive(Debug, clap::Args)]
+pub struct Flags {
+    /// Devices (RTU units, 20 u16 holding registers each).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Simulator ptys (buses) the devices are spread over.
+    #[arg(long, default_value_t = 4)]
+    buses: usize,
+    /// Poll period of every device.
+    #[arg(long, default_value = "1s", value_parser = crate::cli::duration)]
+    poll: Duration,
+    /// Register changes per second, staggered round-robin over the devices.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    /// Changes measured.
+    #[arg(long, default_value_t = 600)]
+    changes: usize,
+    /// The agent's `twin_updates_per_sec` (gateway-wide reported `PATCH`es).
+    #[arg(long, default_value_t = 10.0)]
+    updates_per_sec: f64,
+    /// The agent binary; default: `twinbridge` next to this executable.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Folder for the temporary config and state; default: the system temp folder.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl TryFrom<Flags> for Options {
+    type Error = anyhow::Error;
+
+    /// Fails when the agent binary is missing.
+    fn try_from(f: Flags) -> anyhow::Result<Self> {
+        Ok(Self {
+            devices: f.devices,
+            buses: f.buses,
+            poll: f.poll,
+            rate: f.rate,
+            changes: f.changes,
+            updates_per_sec: f.updates_per_sec,
+            binary: rig::agent_binary(f.binary)?,
+            dir: f.dir,
+        })
+    }
+}
+
 /// The measured figures.
 #[derive(Debug, Clone)]
 pub struct Report {

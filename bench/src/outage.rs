@@ -92,6 +92,87 @@ pub struct Options {
     pub dir: Option<PathBuf>,
 }
 
+/// The command line of `twinbridge-bench outage`.
+#[derive(Debug, clap::Args)]
+pub struct Flags {
+    /// Devices (RTU units, 20 u16 holding registers each).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Simulator ptys (buses) the devices are spread over.
+    #[arg(long, default_value_t = 10)]
+    buses: usize,
+    /// Poll period of every device.
+    #[arg(long, default_value = "100ms", value_parser = crate::cli::duration)]
+    poll: Duration,
+    /// How often each device's two changing registers change.
+    #[arg(long, default_value = "100ms", value_parser = crate::cli::duration)]
+    change_every: Duration,
+    /// How long the hub is unreachable.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::duration)]
+    outage: Duration,
+    /// Running time before the outage.
+    #[arg(long, default_value = "30s", value_parser = crate::cli::duration)]
+    warmup: Duration,
+    /// How long to wait for convergence after the hub's return.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::duration)]
+    settle: Duration,
+    /// How often the store size is sampled during the outage.
+    #[arg(long, default_value = "60s", value_parser = crate::cli::duration)]
+    sample_every: Duration,
+    /// The agent's `twin_updates_per_sec`.
+    #[arg(long, default_value_t = 10.0)]
+    updates_per_sec: f64,
+    /// History modes to run, one run each: `latest`, `every-change`.
+    #[arg(long, value_delimiter = ',', default_value = "latest,every-change")]
+    mode: Vec<String>,
+    /// `history_max_bytes` of the every-change run (the agent's default: 1 MiB).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    history_max_bytes: u64,
+    /// `history_max_age` of the every-change run (the agent's default: 7 days).
+    #[arg(long, default_value = "7d", value_parser = crate::cli::duration)]
+    history_max_age: Duration,
+    /// The agent binary; default: `twinbridge` next to this executable.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Folder for the temporary config and state; default: the system temp folder.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl TryFrom<Flags> for Options {
+    type Error = anyhow::Error;
+
+    /// Fails on an unknown `--mode` or when the agent binary is missing.
+    fn try_from(f: Flags) -> anyhow::Result<Self> {
+        let modes = f
+            .mode
+            .iter()
+            .map(|m| match m.as_str() {
+                "latest" => Ok(Mode::Latest),
+                "every-change" => Ok(Mode::EveryChange {
+                    max_bytes: f.history_max_bytes,
+                    max_age: f.history_max_age,
+                }),
+                other => bail!("--mode {other:?}: expected latest or every-change"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            devices: f.devices,
+            buses: f.buses,
+            poll: f.poll,
+            change_every: f.change_every,
+            outage: f.outage,
+            warmup: f.warmup,
+            settle: f.settle,
+            sample_every: f.sample_every,
+            updates_per_sec: f.updates_per_sec,
+            modes,
+            binary: rig::agent_binary(f.binary)?,
+            dir: f.dir,
+        })
+    }
+}
+
 /// The figures of one run.
 #[derive(Debug, Clone)]
 pub struct Report {

@@ -96,6 +96,67 @@ pub struct Options {
     pub log: String,
 }
 
+/// The command line of `twinbridge-bench scale`.
+#[derive(Debug, clap::Args)]
+pub struct Flags {
+    /// Device counts, comma separated; one agent run each.
+    #[arg(long, value_delimiter = ',', default_value = "500")]
+    devices: Vec<u32>,
+    /// Units (devices) per RTU bus; buses = devices / per-bus, rounded up.
+    #[arg(long, default_value_t = 50)]
+    per_bus: u8,
+    /// Poll period of every device (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = crate::cli::duration)]
+    poll: Duration,
+    /// The agent's `[hub]` `connects_per_sec` (its default).
+    #[arg(long, default_value_t = DEFAULT_PACING.connects_per_sec)]
+    connects_per_sec: f64,
+    /// The agent's `[hub]` `twin_reads_per_sec` (its default).
+    #[arg(long, default_value_t = DEFAULT_PACING.twin_reads_per_sec)]
+    twin_reads_per_sec: f64,
+    /// The agent's `[hub]` `twin_updates_per_sec` (its default).
+    #[arg(long, default_value_t = DEFAULT_PACING.twin_updates_per_sec)]
+    twin_updates_per_sec: f64,
+    /// Steady-state window after all twins are in sync, in seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Give up a run when the twins are not all in sync this long after the spawn.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::duration)]
+    sync_timeout: Duration,
+    /// The agent binary; default: `twinbridge` next to this executable.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Folder for the temporary config, state and ptys; default: the system temp folder.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The agent's log filter (`TWINBRIDGE_LOG`).
+    #[arg(long, default_value = "warn")]
+    log: String,
+}
+
+impl TryFrom<Flags> for Options {
+    type Error = anyhow::Error;
+
+    /// Fails when the agent binary is missing.
+    fn try_from(f: Flags) -> anyhow::Result<Self> {
+        Ok(Self {
+            devices: f.devices,
+            per_bus: f.per_bus,
+            poll: f.poll,
+            pacing: Pacing {
+                connects_per_sec: f.connects_per_sec,
+                twin_reads_per_sec: f.twin_reads_per_sec,
+                twin_updates_per_sec: f.twin_updates_per_sec,
+            },
+            window: Duration::from_secs(f.seconds.max(1)),
+            sync_timeout: f.sync_timeout,
+            binary: rig::agent_binary(f.binary)?,
+            dir: f.dir,
+            log: f.log,
+        })
+    }
+}
+
 /// The figures of one run.
 #[derive(Debug, Clone)]
 pub struct Report {
