@@ -16,7 +16,7 @@ use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
-use crate::rig::{self, BusSpec, DeviceSpec, ProcSample, SiteSpec, to_f64};
+use crate::rig::{self, AgentSpec, BusSpec, DeviceSpec, Launched, ProcSample, SiteSpec, to_f64};
 
 /// Registers per unit (contiguous `u16` holding registers from address 0).
 pub const REGISTERS: u16 = 20;
@@ -157,11 +157,6 @@ const GATEWAY: &str = "gw-footprint";
 
 async fn run_async(opts: &Options) -> anyhow::Result<Report> {
     let dir = rig::temp_dir(opts.dir.as_deref())?;
-    let keys =
-        rig::identities(std::iter::once(GATEWAY.to_owned()).chain((1..=opts.units).map(device_id)));
-
-    let emu = rig::start_hub(dir.path(), &keys).await?;
-
     let mut map = SimMap::new();
     for unit in 1..=opts.units {
         let values: Vec<u16> = (0..REGISTERS).map(|r| u16::from(unit) * 100 + r).collect();
@@ -190,11 +185,14 @@ async fn run_async(opts: &Options) -> anyhow::Result<Report> {
             })
             .collect(),
     };
-    let config = rig::write_config(dir.path(), &emu, &site, &keys)?;
-    let mut child = rig::spawn_agent(&opts.binary, &config, "warn", &[])?;
-    let result = measure(opts, &mut child, &sim, &emu).await;
-    rig::stop(&mut child).await;
-    emu.shutdown().await;
+    let agent = AgentSpec {
+        binary: &opts.binary,
+        log: "warn",
+        notify: false,
+    };
+    let mut launched = Launched::start(dir.path(), &site, agent).await?;
+    let result = measure(opts, &mut launched.child, &sim, &launched.emu).await;
+    launched.stop().await;
     let mut report = result?;
     report.binary_bytes = std::fs::metadata(&opts.binary)
         .with_context(|| format!("reading the size of {}", opts.binary.display()))?

@@ -16,7 +16,7 @@ use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
-use crate::rig::{self, RtuSite, SiteSpec, to_f64};
+use crate::rig::{self, AgentSpec, Launched, RtuSite, SiteSpec, to_f64};
 use crate::stats::{self, Summary};
 
 /// Registers per device.
@@ -143,19 +143,20 @@ fn initial(device: usize, register: u16) -> u16 {
 async fn run_async(opts: &Options) -> anyhow::Result<Report> {
     let dir = rig::temp_dir(opts.dir.as_deref())?;
     let site = RtuSite::start(dir.path(), opts.devices, opts.buses, REGISTERS, initial)?;
-    let keys = rig::identities(site.identity_ids(GATEWAY));
-    let emu = rig::start_hub(dir.path(), &keys).await?;
     let spec = SiteSpec {
         gateway: GATEWAY.to_owned(),
         hub_extra: format!("twin_updates_per_sec = {:?}\n", opts.updates_per_sec),
         buses: site.bus_specs(),
         devices: site.device_specs(opts.poll, ""),
     };
-    let config = rig::write_config(dir.path(), &emu, &spec, &keys)?;
-    let mut child = rig::spawn_agent(&opts.binary, &config, "warn", &[])?;
-    let result = measure(opts, &mut child, &site, &emu).await;
-    rig::stop(&mut child).await;
-    emu.shutdown().await;
+    let agent = AgentSpec {
+        binary: &opts.binary,
+        log: "warn",
+        notify: false,
+    };
+    let mut launched = Launched::start(dir.path(), &spec, agent).await?;
+    let result = measure(opts, &mut launched.child, &site, &launched.emu).await;
+    launched.stop().await;
     result
 }
 

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use hub_emulator::RunningEmulator;
 use tokio::time::Instant;
 
-use crate::rig::{self, RtuSite, SiteSpec, to_f64};
+use crate::rig::{self, AgentSpec, Launched, RtuSite, SiteSpec, to_f64};
 
 /// Registers per device.
 pub const REGISTERS: u16 = 20;
@@ -252,19 +252,28 @@ async fn run_mode(opts: &Options, mode: Mode) -> anyhow::Result<Report> {
         REGISTERS,
         initial,
     )?);
-    let keys = rig::identities(site.identity_ids(GATEWAY));
-    let emu = rig::start_hub(dir.path(), &keys).await?;
     let spec = SiteSpec {
         gateway: GATEWAY.to_owned(),
         hub_extra: format!("twin_updates_per_sec = {:?}\n", opts.updates_per_sec),
         buses: site.bus_specs(),
         devices: site.device_specs(opts.poll, &mode.config_lines()),
     };
-    let config = rig::write_config(dir.path(), &emu, &spec, &keys)?;
-    let mut child = rig::spawn_agent(&opts.binary, &config, "warn", &[])?;
-    let result = measure(opts, mode, &mut child, &site, &emu, &config).await;
-    rig::stop(&mut child).await;
-    emu.shutdown().await;
+    let agent = AgentSpec {
+        binary: &opts.binary,
+        log: "warn",
+        notify: false,
+    };
+    let mut launched = Launched::start(dir.path(), &spec, agent).await?;
+    let result = measure(
+        opts,
+        mode,
+        &mut launched.child,
+        &site,
+        &launched.emu,
+        &launched.config,
+    )
+    .await;
+    launched.stop().await;
     result
 }
 

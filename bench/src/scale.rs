@@ -21,7 +21,9 @@ use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
-use crate::rig::{self, BusSpec, DeviceSpec, NotifySocket, ProcSample, SiteSpec, to_f64};
+use crate::rig::{
+    self, AgentSpec, BusSpec, DeviceSpec, Launched, NotifySocket, ProcSample, SiteSpec, to_f64,
+};
 
 /// Registers per unit (contiguous `u16` holding registers from address 0).
 pub const REGISTERS: u16 = 20;
@@ -256,10 +258,6 @@ fn placement(index: u32, per_bus: u8) -> (usize, u8) {
 
 async fn run_one(opts: &Options, devices: u32) -> anyhow::Result<Report> {
     let dir = rig::temp_dir(opts.dir.as_deref())?;
-    let keys =
-        rig::identities(std::iter::once(GATEWAY.to_owned()).chain((0..devices).map(device_id)));
-    let emu = rig::start_hub(dir.path(), &keys).await?;
-
     let buses = usize::try_from(devices.div_ceil(u32::from(opts.per_bus)))
         .context("bus count out of range")?;
     let mut maps = vec![SimMap::new(); buses];
@@ -306,29 +304,23 @@ async fn run_one(opts: &Options, devices: u32) -> anyhow::Result<Report> {
             })
             .collect(),
     };
-    let config = rig::write_config(dir.path(), &emu, &site, &keys)?;
-    let notify = NotifySocket::bind(dir.path())?;
-    let notify_path = notify.path().display().to_string();
-    let counters0 = emu.hub().counters.snapshot();
-    let spawned = Instant::now();
-    let mut child = rig::spawn_agent(
-        &opts.binary,
-        &config,
-        &opts.log,
-        &[("NOTIFY_SOCKET", notify_path.as_str())],
-    )?;
+    let agent = AgentSpec {
+        binary: &opts.binary,
+        log: &opts.log,
+        notify: true,
+    };
+    let mut launched = Launched::start(dir.path(), &site, agent).await?;
     let run = Run {
         opts,
         devices,
         sims: &sims,
-        emu: &emu,
-        notify: &notify,
-        spawned,
-        counters0,
+        emu: &launched.emu,
+        notify: launched.notify.as_ref(),
+        spawned: launched.spawned,
+        counters0: launched.hub_at_spawn,
     };
-    let result = run.measure(&mut child).await;
-    let (shutdown, exit) = rig::stop(&mut child).await;
-    emu.shutdown().await;
+    let result = run.measure(&mut launched.child).await;
+    let (shutdown, exit) = launched.stop().await;
     let mut report = result?;
     report.buses = buses;
     report.shutdown = shutdown;
@@ -341,7 +333,7 @@ struct Run<'a> {
     devices: u32,
     sims: &'a [RtuSim],
     emu: &'a RunningEmulator,
-    notify: &'a NotifySocket,
+    notify: Option<&'a NotifySocket>,
     spawned: Instant,
     counters0: CounterSnapshot,
 }
@@ -470,7 +462,10 @@ impl Run<'_> {
                 return Ok(Report {
                     devices: self.devices,
                     buses: 0,
-                    ready: self.notify.ready_at().map(|t| t - self.spawned),
+                    ready: self
+                        .notify
+                        .and_then(NotifySocket::ready_at)
+                        .map(|t| t - self.spawned),
                     connected,
                     in_sync,
                     startup_cpu: cpu(at_sync.cpu_ticks),
