@@ -88,18 +88,19 @@ pub struct Flags {
     device: Device,
 }
 
-impl From<Flags> for Options {
-    fn from(f: Flags) -> Self {
-        Self {
-            bauds: f.baud,
-            window: Duration::from_secs(f.seconds),
-            warmup: Duration::from_secs(f.warmup),
-            runs: f.runs.max(1),
-            units: f.units,
-            registers: f.registers,
-            turnaround: f.turnaround,
-            sim_delay: f.sim_delay,
-            device: f.device,
+impl Flags {
+    /// The options these flags select (at least one run).
+    pub fn options(self) -> Options {
+        Options {
+            bauds: self.baud,
+            window: Duration::from_secs(self.seconds),
+            warmup: Duration::from_secs(self.warmup),
+            runs: self.runs.max(1),
+            units: self.units,
+            registers: self.registers,
+            turnaround: self.turnaround,
+            sim_delay: self.sim_delay,
+            device: self.device,
         }
     }
 }

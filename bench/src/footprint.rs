@@ -16,6 +16,7 @@ use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
+use crate::cli::AgentFlags;
 use crate::rig::{self, AgentSpec, BusSpec, DeviceSpec, Launched, ProcSample, SiteSpec, to_f64};
 
 /// Registers per unit (contiguous `u16` holding registers from address 0).
@@ -39,6 +40,18 @@ pub struct Options {
 
 /// The command line of `twinbridge-bench footprint`.
 #[derive(Debug, clap::Args)]
+#[command(
+    mut_arg("binary", |a| a.help(
+        "The agent binary; default: `twinbridge` next to this executable \
+         (`$CARGO_TARGET_DIR/release/twinbridge`, built by `cargo build --release -p twinbridge`). \
+         What the packages ship: `$CARGO_TARGET_DIR/dist/twinbridge`, built by \
+         `cargo build --profile dist -p twinbridge --no-default-features`"
+    )),
+    mut_arg("dir", |a| a.help(
+        "Folder for the temporary config and state (the agent's SQLite store is written \
+         there); default: the system temp folder"
+    )),
+)]
 pub struct Flags {
     /// Units (devices) on the line, 20 u16 holding registers each, polled every second.
     #[arg(long, default_value_t = 10)]
@@ -49,29 +62,22 @@ pub struct Flags {
     /// Warm-up before the window, in seconds.
     #[arg(long, default_value_t = 10)]
     warmup: u64,
-    /// The agent binary; default: `twinbridge` next to this executable
-    /// (`$CARGO_TARGET_DIR/release/twinbridge`, built by `cargo build --release -p twinbridge`).
-    /// What the packages ship: `$CARGO_TARGET_DIR/dist/twinbridge`, built by
-    /// `cargo build --profile dist -p twinbridge --no-default-features`.
-    #[arg(long)]
-    binary: Option<PathBuf>,
-    /// Folder for the temporary config and state (the agent's SQLite store is written
-    /// there); default: the system temp folder.
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    /// `--binary`, `--dir`, with the help texts above.
+    #[command(flatten)]
+    agent: AgentFlags,
 }
 
-impl TryFrom<Flags> for Options {
-    type Error = anyhow::Error;
-
-    /// Fails when the agent binary is missing.
-    fn try_from(f: Flags) -> anyhow::Result<Self> {
-        Ok(Self {
-            units: f.units,
-            window: Duration::from_secs(f.seconds.max(1)),
-            warmup: Duration::from_secs(f.warmup),
-            binary: rig::agent_binary(f.binary)?,
-            dir: f.dir,
+impl Flags {
+    /// The options these flags select (a window of at least 1 s); fails when the agent binary
+    /// is missing.
+    pub fn options(self) -> anyhow::Result<Options> {
+        let (binary, dir) = self.agent.resolve()?;
+        Ok(Options {
+            units: self.units,
+            window: Duration::from_secs(self.seconds.max(1)),
+            warmup: Duration::from_secs(self.warmup),
+            binary,
+            dir,
         })
     }
 }
@@ -185,12 +191,7 @@ async fn run_async(opts: &Options) -> anyhow::Result<Report> {
             })
             .collect(),
     };
-    let agent = AgentSpec {
-        binary: &opts.binary,
-        log: "warn",
-        notify: false,
-    };
-    let mut launched = Launched::start(dir.path(), &site, agent).await?;
+    let mut launched = Launched::start(dir.path(), &site, AgentSpec::new(&opts.binary)).await?;
     let result = measure(opts, &mut launched.child, &sim, &launched.emu).await;
     launched.stop().await;
     let mut report = result?;

@@ -16,6 +16,7 @@ use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
+use crate::cli::AgentFlags;
 use crate::rig::{self, AgentSpec, Launched, RtuSite, SiteSpec, to_f64};
 use crate::stats::{self, Summary};
 
@@ -69,28 +70,24 @@ pub struct Flags {
     /// The agent's `twin_updates_per_sec` (gateway-wide reported `PATCH`es).
     #[arg(long, default_value_t = 10.0)]
     updates_per_sec: f64,
-    /// The agent binary; default: `twinbridge` next to this executable.
-    #[arg(long)]
-    binary: Option<PathBuf>,
-    /// Folder for the temporary config and state; default: the system temp folder.
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    /// `--binary`, `--dir`.
+    #[command(flatten)]
+    agent: AgentFlags,
 }
 
-impl TryFrom<Flags> for Options {
-    type Error = anyhow::Error;
-
-    /// Fails when the agent binary is missing.
-    fn try_from(f: Flags) -> anyhow::Result<Self> {
-        Ok(Self {
-            devices: f.devices,
-            buses: f.buses,
-            poll: f.poll,
-            rate: f.rate,
-            changes: f.changes,
-            updates_per_sec: f.updates_per_sec,
-            binary: rig::agent_binary(f.binary)?,
-            dir: f.dir,
+impl Flags {
+    /// The options these flags select; fails when the agent binary is missing.
+    pub fn options(self) -> anyhow::Result<Options> {
+        let (binary, dir) = self.agent.resolve()?;
+        Ok(Options {
+            devices: self.devices,
+            buses: self.buses,
+            poll: self.poll,
+            rate: self.rate,
+            changes: self.changes,
+            updates_per_sec: self.updates_per_sec,
+            binary,
+            dir,
         })
     }
 }
@@ -149,12 +146,7 @@ async fn run_async(opts: &Options) -> anyhow::Result<Report> {
         buses: site.bus_specs(),
         devices: site.device_specs(opts.poll, ""),
     };
-    let agent = AgentSpec {
-        binary: &opts.binary,
-        log: "warn",
-        notify: false,
-    };
-    let mut launched = Launched::start(dir.path(), &spec, agent).await?;
+    let mut launched = Launched::start(dir.path(), &spec, AgentSpec::new(&opts.binary)).await?;
     let result = measure(opts, &mut launched.child, &site, &launched.emu).await;
     launched.stop().await;
     result

@@ -37,19 +37,19 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::BusEfficiency(flags) => {
-            bus_efficiency::run(&flags.into())?;
+            bus_efficiency::run(&flags.options())?;
         }
         Command::Footprint(flags) => {
-            footprint::run(&flags.try_into()?)?;
+            footprint::run(&flags.options()?)?;
         }
         Command::Latency(flags) => {
-            latency::run(&flags.try_into()?)?;
+            latency::run(&flags.options()?)?;
         }
         Command::Outage(flags) => {
-            outage::run(&flags.try_into()?)?;
+            outage::run(&flags.options()?)?;
         }
         Command::Scale(flags) => {
-            scale::run(&flags.try_into()?)?;
+            scale::run(&flags.options()?)?;
         }
     }
     Ok(())

@@ -21,6 +21,7 @@ use anyhow::{Context as _, bail};
 use hub_emulator::RunningEmulator;
 use tokio::time::Instant;
 
+use crate::cli::AgentFlags;
 use crate::rig::{self, AgentSpec, Launched, RtuSite, SiteSpec, to_f64};
 
 /// Registers per device.
@@ -131,44 +132,41 @@ pub struct Flags {
     /// `history_max_age` of the every-change run (the agent's default: 7 days).
     #[arg(long, default_value = "7d", value_parser = crate::cli::duration)]
     history_max_age: Duration,
-    /// The agent binary; default: `twinbridge` next to this executable.
-    #[arg(long)]
-    binary: Option<PathBuf>,
-    /// Folder for the temporary config and state; default: the system temp folder.
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    /// `--binary`, `--dir`.
+    #[command(flatten)]
+    agent: AgentFlags,
 }
 
-impl TryFrom<Flags> for Options {
-    type Error = anyhow::Error;
-
-    /// Fails on an unknown `--mode` or when the agent binary is missing.
-    fn try_from(f: Flags) -> anyhow::Result<Self> {
-        let modes = f
+impl Flags {
+    /// The options these flags select; fails on an unknown `--mode` or when the agent binary
+    /// is missing.
+    pub fn options(self) -> anyhow::Result<Options> {
+        let modes = self
             .mode
             .iter()
             .map(|m| match m.as_str() {
                 "latest" => Ok(Mode::Latest),
                 "every-change" => Ok(Mode::EveryChange {
-                    max_bytes: f.history_max_bytes,
-                    max_age: f.history_max_age,
+                    max_bytes: self.history_max_bytes,
+                    max_age: self.history_max_age,
                 }),
                 other => bail!("--mode {other:?}: expected latest or every-change"),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self {
-            devices: f.devices,
-            buses: f.buses,
-            poll: f.poll,
-            change_every: f.change_every,
-            outage: f.outage,
-            warmup: f.warmup,
-            settle: f.settle,
-            sample_every: f.sample_every,
-            updates_per_sec: f.updates_per_sec,
+        let (binary, dir) = self.agent.resolve()?;
+        Ok(Options {
+            devices: self.devices,
+            buses: self.buses,
+            poll: self.poll,
+            change_every: self.change_every,
+            outage: self.outage,
+            warmup: self.warmup,
+            settle: self.settle,
+            sample_every: self.sample_every,
+            updates_per_sec: self.updates_per_sec,
             modes,
-            binary: rig::agent_binary(f.binary)?,
-            dir: f.dir,
+            binary,
+            dir,
         })
     }
 }
@@ -258,12 +256,7 @@ async fn run_mode(opts: &Options, mode: Mode) -> anyhow::Result<Report> {
         buses: site.bus_specs(),
         devices: site.device_specs(opts.poll, &mode.config_lines()),
     };
-    let agent = AgentSpec {
-        binary: &opts.binary,
-        log: "warn",
-        notify: false,
-    };
-    let mut launched = Launched::start(dir.path(), &spec, agent).await?;
+    let mut launched = Launched::start(dir.path(), &spec, AgentSpec::new(&opts.binary)).await?;
     let result = measure(
         opts,
         mode,

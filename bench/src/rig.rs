@@ -321,6 +321,17 @@ pub struct AgentSpec<'a> {
     pub notify: bool,
 }
 
+impl<'a> AgentSpec<'a> {
+    /// `binary` as most benchmarks run it: log filter `warn`, no `NOTIFY_SOCKET`.
+    pub fn new(binary: &'a Path) -> Self {
+        Self {
+            binary,
+            log: "warn",
+            notify: false,
+        }
+    }
+}
+
 /// The agent launched on a [`SiteSpec`] against the hub emulator: the emulator over MQTT/TLS
 /// knowing the gateway and every device of the site, the keys and config written in the
 /// benchmark's folder, and `twinbridge run` started on them. The folder (a [`temp_dir`]) and

@@ -21,6 +21,7 @@ use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
+use crate::cli::AgentFlags;
 use crate::rig::{
     self, AgentSpec, BusSpec, DeviceSpec, Launched, NotifySocket, ProcSample, SiteSpec, to_f64,
 };
@@ -100,6 +101,9 @@ pub struct Options {
 
 /// The command line of `twinbridge-bench scale`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("dir", |a| a.help(
+    "Folder for the temporary config, state and ptys; default: the system temp folder"
+)))]
 pub struct Flags {
     /// Device counts, comma separated; one agent run each.
     #[arg(long, value_delimiter = ',', default_value = "500")]
@@ -125,36 +129,33 @@ pub struct Flags {
     /// Give up a run when the twins are not all in sync this long after the spawn.
     #[arg(long, default_value = "10m", value_parser = crate::cli::duration)]
     sync_timeout: Duration,
-    /// The agent binary; default: `twinbridge` next to this executable.
-    #[arg(long)]
-    binary: Option<PathBuf>,
-    /// Folder for the temporary config, state and ptys; default: the system temp folder.
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    /// `--binary`, `--dir` (with the help text above).
+    #[command(flatten)]
+    agent: AgentFlags,
     /// The agent's log filter (`TWINBRIDGE_LOG`).
     #[arg(long, default_value = "warn")]
     log: String,
 }
 
-impl TryFrom<Flags> for Options {
-    type Error = anyhow::Error;
-
-    /// Fails when the agent binary is missing.
-    fn try_from(f: Flags) -> anyhow::Result<Self> {
-        Ok(Self {
-            devices: f.devices,
-            per_bus: f.per_bus,
-            poll: f.poll,
+impl Flags {
+    /// The options these flags select (a window of at least 1 s); fails when the agent binary
+    /// is missing.
+    pub fn options(self) -> anyhow::Result<Options> {
+        let (binary, dir) = self.agent.resolve()?;
+        Ok(Options {
+            devices: self.devices,
+            per_bus: self.per_bus,
+            poll: self.poll,
             pacing: Pacing {
-                connects_per_sec: f.connects_per_sec,
-                twin_reads_per_sec: f.twin_reads_per_sec,
-                twin_updates_per_sec: f.twin_updates_per_sec,
+                connects_per_sec: self.connects_per_sec,
+                twin_reads_per_sec: self.twin_reads_per_sec,
+                twin_updates_per_sec: self.twin_updates_per_sec,
             },
-            window: Duration::from_secs(f.seconds.max(1)),
-            sync_timeout: f.sync_timeout,
-            binary: rig::agent_binary(f.binary)?,
-            dir: f.dir,
-            log: f.log,
+            window: Duration::from_secs(self.seconds.max(1)),
+            sync_timeout: self.sync_timeout,
+            binary,
+            dir,
+            log: self.log,
         })
     }
 }
@@ -305,9 +306,9 @@ async fn run_one(opts: &Options, devices: u32) -> anyhow::Result<Report> {
             .collect(),
     };
     let agent = AgentSpec {
-        binary: &opts.binary,
         log: &opts.log,
         notify: true,
+        ..AgentSpec::new(&opts.binary)
     };
     let mut launched = Launched::start(dir.path(), &site, agent).await?;
     let run = Run {
