@@ -55,6 +55,56 @@ pub struct Options {
     pub device: Device,
 }
 
+/// The command line of `twinbridge-bench bus-efficiency`.
+#[derive(Debug, clap::Args)]
+pub struct Flags {
+    /// Baud rates (8N1), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "9600,115200")]
+    baud: Vec<u32>,
+    /// Measuring window of each run, in seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Warm-up before each window, in seconds.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Runs per baud rate.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Units on the line.
+    #[arg(long, default_value_t = 4)]
+    units: u8,
+    /// Contiguous u16 holding registers read from each unit.
+    #[arg(long, default_value_t = 20)]
+    registers: u16,
+    /// The bus's turnaround (silence after each answer, e.g. 5ms; t3.5 is always kept).
+    #[arg(long, default_value = "0s", value_parser = crate::cli::duration)]
+    turnaround: Duration,
+    /// The device's answer delay (e.g. 2ms).
+    #[arg(long, default_value = "0s", value_parser = crate::cli::duration)]
+    sim_delay: Duration,
+    /// The device stand-in: `direct` (tokio-modbus' RTU server over loopback TCP, no pty
+    /// on the device side) or `sim` (the RTU simulator on its pty, as the tests use it).
+    #[arg(long, value_enum, default_value = "direct")]
+    device: Device,
+}
+
+impl Flags {
+    /// The options these flags select (at least one run).
+    pub fn options(self) -> Options {
+        Options {
+            bauds: self.baud,
+            window: Duration::from_secs(self.seconds),
+            warmup: Duration::from_secs(self.warmup),
+            runs: self.runs.max(1),
+            units: self.units,
+            registers: self.registers,
+            turnaround: self.turnaround,
+            sim_delay: self.sim_delay,
+            device: self.device,
+        }
+    }
+}
+
 /// The device stand-in on the far side of the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Device {

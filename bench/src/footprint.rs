@@ -16,7 +16,8 @@ use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
-use crate::rig::{self, BusSpec, DeviceSpec, ProcSample, SiteSpec, to_f64};
+use crate::cli::AgentFlags;
+use crate::rig::{self, AgentSpec, BusSpec, DeviceSpec, Launched, ProcSample, SiteSpec, to_f64};
 
 /// Registers per unit (contiguous `u16` holding registers from address 0).
 pub const REGISTERS: u16 = 20;
@@ -35,6 +36,50 @@ pub struct Options {
     /// Where the temporary folder (config, state, pty link) is made; it holds the agent's
     /// SQLite store, so it should be on the disk being measured (not a tmpfs).
     pub dir: Option<PathBuf>,
+}
+
+/// The command line of `twinbridge-bench footprint`.
+#[derive(Debug, clap::Args)]
+#[command(
+    mut_arg("binary", |a| a.help(
+        "The agent binary; default: `twinbridge` next to this executable \
+         (`$CARGO_TARGET_DIR/release/twinbridge`, built by `cargo build --release -p twinbridge`). \
+         What the packages ship: `$CARGO_TARGET_DIR/dist/twinbridge`, built by \
+         `cargo build --profile dist -p twinbridge --no-default-features`"
+    )),
+    mut_arg("dir", |a| a.help(
+        "Folder for the temporary config and state (the agent's SQLite store is written \
+         there); default: the system temp folder"
+    )),
+)]
+pub struct Flags {
+    /// Units (devices) on the line, 20 u16 holding registers each, polled every second.
+    #[arg(long, default_value_t = 10)]
+    units: u8,
+    /// Measuring window, in seconds.
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// Warm-up before the window, in seconds.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// `--binary`, `--dir`, with the help texts above.
+    #[command(flatten)]
+    agent: AgentFlags,
+}
+
+impl Flags {
+    /// The options these flags select (a window of at least 1 s); fails when the agent binary
+    /// is missing.
+    pub fn options(self) -> anyhow::Result<Options> {
+        let (binary, dir) = self.agent.resolve()?;
+        Ok(Options {
+            units: self.units,
+            window: Duration::from_secs(self.seconds.max(1)),
+            warmup: Duration::from_secs(self.warmup),
+            binary,
+            dir,
+        })
+    }
 }
 
 /// The measured figures.
@@ -118,11 +163,6 @@ const GATEWAY: &str = "gw-footprint";
 
 async fn run_async(opts: &Options) -> anyhow::Result<Report> {
     let dir = rig::temp_dir(opts.dir.as_deref())?;
-    let keys =
-        rig::identities(std::iter::once(GATEWAY.to_owned()).chain((1..=opts.units).map(device_id)));
-
-    let emu = rig::start_hub(dir.path(), &keys).await?;
-
     let mut map = SimMap::new();
     for unit in 1..=opts.units {
         let values: Vec<u16> = (0..REGISTERS).map(|r| u16::from(unit) * 100 + r).collect();
@@ -151,11 +191,9 @@ async fn run_async(opts: &Options) -> anyhow::Result<Report> {
             })
             .collect(),
     };
-    let config = rig::write_config(dir.path(), &emu, &site, &keys)?;
-    let mut child = rig::spawn_agent(&opts.binary, &config, "warn", &[])?;
-    let result = measure(opts, &mut child, &sim, &emu).await;
-    rig::stop(&mut child).await;
-    emu.shutdown().await;
+    let mut launched = Launched::start(dir.path(), &site, AgentSpec::new(&opts.binary)).await?;
+    let result = measure(opts, &mut launched.child, &sim, &launched.emu).await;
+    launched.stop().await;
     let mut report = result?;
     report.binary_bytes = std::fs::metadata(&opts.binary)
         .with_context(|| format!("reading the size of {}", opts.binary.display()))?

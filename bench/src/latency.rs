@@ -16,7 +16,8 @@ use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
-use crate::rig::{self, RtuSite, SiteSpec, to_f64};
+use crate::cli::AgentFlags;
+use crate::rig::{self, AgentSpec, Launched, RtuSite, SiteSpec, to_f64};
 use crate::stats::{self, Summary};
 
 /// Registers per device.
@@ -46,6 +47,49 @@ pub struct Options {
     pub binary: PathBuf,
     /// Folder for the temporary config and state.
     pub dir: Option<PathBuf>,
+}
+
+/// The command line of `twinbridge-bench latency`.
+#[derive(Debug, clap::Args)]
+pub struct Flags {
+    /// Devices (RTU units, 20 u16 holding registers each).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Simulator ptys (buses) the devices are spread over.
+    #[arg(long, default_value_t = 4)]
+    buses: usize,
+    /// Poll period of every device.
+    #[arg(long, default_value = "1s", value_parser = crate::cli::duration)]
+    poll: Duration,
+    /// Register changes per second, staggered round-robin over the devices.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    /// Changes measured.
+    #[arg(long, default_value_t = 600)]
+    changes: usize,
+    /// The agent's `twin_updates_per_sec` (gateway-wide reported `PATCH`es).
+    #[arg(long, default_value_t = 10.0)]
+    updates_per_sec: f64,
+    /// `--binary`, `--dir`.
+    #[command(flatten)]
+    agent: AgentFlags,
+}
+
+impl Flags {
+    /// The options these flags select; fails when the agent binary is missing.
+    pub fn options(self) -> anyhow::Result<Options> {
+        let (binary, dir) = self.agent.resolve()?;
+        Ok(Options {
+            devices: self.devices,
+            buses: self.buses,
+            poll: self.poll,
+            rate: self.rate,
+            changes: self.changes,
+            updates_per_sec: self.updates_per_sec,
+            binary,
+            dir,
+        })
+    }
 }
 
 /// The measured figures.
@@ -96,19 +140,15 @@ fn initial(device: usize, register: u16) -> u16 {
 async fn run_async(opts: &Options) -> anyhow::Result<Report> {
     let dir = rig::temp_dir(opts.dir.as_deref())?;
     let site = RtuSite::start(dir.path(), opts.devices, opts.buses, REGISTERS, initial)?;
-    let keys = rig::identities(site.identity_ids(GATEWAY));
-    let emu = rig::start_hub(dir.path(), &keys).await?;
     let spec = SiteSpec {
         gateway: GATEWAY.to_owned(),
         hub_extra: format!("twin_updates_per_sec = {:?}\n", opts.updates_per_sec),
         buses: site.bus_specs(),
         devices: site.device_specs(opts.poll, ""),
     };
-    let config = rig::write_config(dir.path(), &emu, &spec, &keys)?;
-    let mut child = rig::spawn_agent(&opts.binary, &config, "warn", &[])?;
-    let result = measure(opts, &mut child, &site, &emu).await;
-    rig::stop(&mut child).await;
-    emu.shutdown().await;
+    let mut launched = Launched::start(dir.path(), &spec, AgentSpec::new(&opts.binary)).await?;
+    let result = measure(opts, &mut launched.child, &site, &launched.emu).await;
+    launched.stop().await;
     result
 }
 

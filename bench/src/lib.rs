@@ -7,6 +7,7 @@
 //! a pty for its far side.
 
 pub mod bus_efficiency;
+pub mod cli;
 pub mod device;
 pub mod footprint;
 pub mod latency;

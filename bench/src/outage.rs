@@ -21,7 +21,8 @@ use anyhow::{Context as _, bail};
 use hub_emulator::RunningEmulator;
 use tokio::time::Instant;
 
-use crate::rig::{self, RtuSite, SiteSpec, to_f64};
+use crate::cli::AgentFlags;
+use crate::rig::{self, AgentSpec, Launched, RtuSite, SiteSpec, to_f64};
 
 /// Registers per device.
 pub const REGISTERS: u16 = 20;
@@ -90,6 +91,84 @@ pub struct Options {
     pub binary: PathBuf,
     /// Folder for the temporary config and state.
     pub dir: Option<PathBuf>,
+}
+
+/// The command line of `twinbridge-bench outage`.
+#[derive(Debug, clap::Args)]
+pub struct Flags {
+    /// Devices (RTU units, 20 u16 holding registers each).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Simulator ptys (buses) the devices are spread over.
+    #[arg(long, default_value_t = 10)]
+    buses: usize,
+    /// Poll period of every device.
+    #[arg(long, default_value = "100ms", value_parser = crate::cli::duration)]
+    poll: Duration,
+    /// How often each device's two changing registers change.
+    #[arg(long, default_value = "100ms", value_parser = crate::cli::duration)]
+    change_every: Duration,
+    /// How long the hub is unreachable.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::duration)]
+    outage: Duration,
+    /// Running time before the outage.
+    #[arg(long, default_value = "30s", value_parser = crate::cli::duration)]
+    warmup: Duration,
+    /// How long to wait for convergence after the hub's return.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::duration)]
+    settle: Duration,
+    /// How often the store size is sampled during the outage.
+    #[arg(long, default_value = "60s", value_parser = crate::cli::duration)]
+    sample_every: Duration,
+    /// The agent's `twin_updates_per_sec`.
+    #[arg(long, default_value_t = 10.0)]
+    updates_per_sec: f64,
+    /// History modes to run, one run each: `latest`, `every-change`.
+    #[arg(long, value_delimiter = ',', default_value = "latest,every-change")]
+    mode: Vec<String>,
+    /// `history_max_bytes` of the every-change run (the agent's default: 1 MiB).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    history_max_bytes: u64,
+    /// `history_max_age` of the every-change run (the agent's default: 7 days).
+    #[arg(long, default_value = "7d", value_parser = crate::cli::duration)]
+    history_max_age: Duration,
+    /// `--binary`, `--dir`.
+    #[command(flatten)]
+    agent: AgentFlags,
+}
+
+impl Flags {
+    /// The options these flags select; fails on an unknown `--mode` or when the agent binary
+    /// is missing.
+    pub fn options(self) -> anyhow::Result<Options> {
+        let modes = self
+            .mode
+            .iter()
+            .map(|m| match m.as_str() {
+                "latest" => Ok(Mode::Latest),
+                "every-change" => Ok(Mode::EveryChange {
+                    max_bytes: self.history_max_bytes,
+                    max_age: self.history_max_age,
+                }),
+                other => bail!("--mode {other:?}: expected latest or every-change"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (binary, dir) = self.agent.resolve()?;
+        Ok(Options {
+            devices: self.devices,
+            buses: self.buses,
+            poll: self.poll,
+            change_every: self.change_every,
+            outage: self.outage,
+            warmup: self.warmup,
+            settle: self.settle,
+            sample_every: self.sample_every,
+            updates_per_sec: self.updates_per_sec,
+            modes,
+            binary,
+            dir,
+        })
+    }
 }
 
 /// The figures of one run.
@@ -171,19 +250,23 @@ async fn run_mode(opts: &Options, mode: Mode) -> anyhow::Result<Report> {
         REGISTERS,
         initial,
     )?);
-    let keys = rig::identities(site.identity_ids(GATEWAY));
-    let emu = rig::start_hub(dir.path(), &keys).await?;
     let spec = SiteSpec {
         gateway: GATEWAY.to_owned(),
         hub_extra: format!("twin_updates_per_sec = {:?}\n", opts.updates_per_sec),
         buses: site.bus_specs(),
         devices: site.device_specs(opts.poll, &mode.config_lines()),
     };
-    let config = rig::write_config(dir.path(), &emu, &spec, &keys)?;
-    let mut child = rig::spawn_agent(&opts.binary, &config, "warn", &[])?;
-    let result = measure(opts, mode, &mut child, &site, &emu, &config).await;
-    rig::stop(&mut child).await;
-    emu.shutdown().await;
+    let mut launched = Launched::start(dir.path(), &spec, AgentSpec::new(&opts.binary)).await?;
+    let result = measure(
+        opts,
+        mode,
+        &mut launched.child,
+        &site,
+        &launched.emu,
+        &launched.config,
+    )
+    .await;
+    launched.stop().await;
     result
 }
 

@@ -1,10 +1,10 @@
 //! The test bench around the real agent binary, shared by the whole-agent benchmarks
 //! (footprint, latency, outage, scale): identities with SAS keys, the in-process hub emulator
 //! over MQTT/TLS, a generated config (buses on simulator ptys, devices with N contiguous `u16`
-//! holding registers; [`RtuSite`] spreads many devices over several simulator ptys), the
-//! `twinbridge run` child process, `/proc/<pid>` sampling, and what the latency and outage
-//! benchmarks read: the hub's twins, an outage switch, the store's size on disk and
-//! `twinbridge status --json`.
+//! holding registers; [`RtuSite`] spreads many devices over several simulator ptys) and the
+//! `twinbridge run` child process, launched and torn down together by [`Launched`];
+//! `/proc/<pid>` sampling, and what the latency and outage benchmarks read: the hub's twins,
+//! an outage switch, the store's size on disk and `twinbridge status --json`.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -60,7 +60,7 @@ pub fn temp_dir(base: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
 }
 
 /// Identities with fresh random SAS keys: `(device id, base64 key)`.
-pub fn identities<I: IntoIterator<Item = String>>(ids: I) -> Vec<(String, String)> {
+fn identities<I: IntoIterator<Item = String>>(ids: I) -> Vec<(String, String)> {
     ids.into_iter()
         .map(|id| (id, DeviceIdentity::random_key()))
         .collect()
@@ -68,7 +68,7 @@ pub fn identities<I: IntoIterator<Item = String>>(ids: I) -> Vec<(String, String
 
 /// Starts the hub emulator over MQTT/TLS with a self-signed `localhost` certificate (written
 /// to `dir/ca.pem` for the agent's `ca_file`) and `keys` registered.
-pub async fn start_hub(dir: &Path, keys: &[(String, String)]) -> anyhow::Result<RunningEmulator> {
+async fn start_hub(dir: &Path, keys: &[(String, String)]) -> anyhow::Result<RunningEmulator> {
     let ck =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .context("generating the hub's self-signed certificate")?;
@@ -136,7 +136,7 @@ pub struct SiteSpec {
 
 /// Writes `dir/keys.toml` (mode 0600), `dir/state/` and `dir/config.toml` for `site` against
 /// `emu`; returns the config's path.
-pub fn write_config(
+fn write_config(
     dir: &Path,
     emu: &RunningEmulator,
     site: &SiteSpec,
@@ -199,7 +199,7 @@ pub fn write_config(
 
 /// Starts `binary run --config config` with `TWINBRIDGE_LOG` = `log` and the given extra
 /// environment; stdout is discarded, stderr inherited.
-pub fn spawn_agent(
+fn spawn_agent(
     binary: &Path,
     config: &Path,
     log: &str,
@@ -221,7 +221,7 @@ pub fn spawn_agent(
 
 /// SIGTERM, then up to 10 s for the agent to exit (SIGKILL after that). Returns how long it
 /// took to exit and its exit status, `None` when it had to be killed.
-pub async fn stop(child: &mut Child) -> (Duration, Option<ExitStatus>) {
+async fn stop(child: &mut Child) -> (Duration, Option<ExitStatus>) {
     let start = Instant::now();
     if let Ok(pid) = i32::try_from(child.id()) {
         let _ = nix::sys::signal::kill(
@@ -307,6 +307,87 @@ impl NotifySocket {
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+/// How [`Launched::start`] runs the agent.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentSpec<'a> {
+    /// The agent binary.
+    pub binary: &'a Path,
+    /// Its log filter (`TWINBRIDGE_LOG`).
+    pub log: &'a str,
+    /// Whether it gets a `NOTIFY_SOCKET` ([`NotifySocket`], which records its `READY=1`).
+    pub notify: bool,
+}
+
+impl<'a> AgentSpec<'a> {
+    /// `binary` as most benchmarks run it: log filter `warn`, no `NOTIFY_SOCKET`.
+    pub fn new(binary: &'a Path) -> Self {
+        Self {
+            binary,
+            log: "warn",
+            notify: false,
+        }
+    }
+}
+
+/// The agent launched on a [`SiteSpec`] against the hub emulator: the emulator over MQTT/TLS
+/// knowing the gateway and every device of the site, the keys and config written in the
+/// benchmark's folder, and `twinbridge run` started on them. The folder (a [`temp_dir`]) and
+/// the simulators the site's buses point at stay with the caller: they are made before the
+/// launch and outlive it. [`Launched::stop`] tears the launch down.
+#[derive(Debug)]
+pub struct Launched {
+    /// The hub emulator.
+    pub emu: RunningEmulator,
+    /// The agent's config file (its state folder is `state/` next to it).
+    pub config: PathBuf,
+    /// The agent process.
+    pub child: Child,
+    /// The agent's `NOTIFY_SOCKET`, when [`AgentSpec::notify`] asked for one.
+    pub notify: Option<NotifySocket>,
+    /// Just before the agent was spawned.
+    pub spawned: Instant,
+    /// The hub's counters just before the agent was spawned.
+    pub hub_at_spawn: CounterSnapshot,
+}
+
+impl Launched {
+    /// Makes fresh SAS keys for `site`'s gateway and devices, starts the hub emulator with
+    /// them, writes the keys and config into `dir`, binds the notify socket when asked, and
+    /// spawns the agent (needs a tokio runtime).
+    pub async fn start(dir: &Path, site: &SiteSpec, agent: AgentSpec<'_>) -> anyhow::Result<Self> {
+        let keys = identities(
+            std::iter::once(site.gateway.clone()).chain(site.devices.iter().map(|d| d.id.clone())),
+        );
+        let emu = start_hub(dir, &keys).await?;
+        let config = write_config(dir, &emu, site, &keys)?;
+        let notify = agent.notify.then(|| NotifySocket::bind(dir)).transpose()?;
+        let notify_path = notify.as_ref().map(|n| n.path().display().to_string());
+        let env: Vec<(&str, &str)> = notify_path
+            .iter()
+            .map(|path| ("NOTIFY_SOCKET", path.as_str()))
+            .collect();
+        let hub_at_spawn = emu.hub().counters.snapshot();
+        let spawned = Instant::now();
+        let child = spawn_agent(agent.binary, &config, agent.log, &env)?;
+        Ok(Self {
+            emu,
+            config,
+            child,
+            notify,
+            spawned,
+            hub_at_spawn,
+        })
+    }
+
+    /// Stops the agent (SIGTERM, SIGKILL after 10 s), then the hub emulator. Returns how long
+    /// the agent took to exit and its exit status, `None` when it had to be killed.
+    pub async fn stop(mut self) -> (Duration, Option<ExitStatus>) {
+        let stopped = stop(&mut self.child).await;
+        self.emu.shutdown().await;
+        stopped
     }
 }
 
@@ -567,13 +648,6 @@ impl RtuSite {
                 registers: self.registers,
                 extra: extra.to_owned(),
             })
-            .collect()
-    }
-
-    /// Every identity id: `gateway` first, then the devices.
-    pub fn identity_ids(&self, gateway: &str) -> Vec<String> {
-        std::iter::once(gateway.to_owned())
-            .chain(self.devices.iter().map(|d| d.id.clone()))
             .collect()
     }
 }

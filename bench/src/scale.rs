@@ -21,7 +21,10 @@ use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
-use crate::rig::{self, BusSpec, DeviceSpec, NotifySocket, ProcSample, SiteSpec, to_f64};
+use crate::cli::AgentFlags;
+use crate::rig::{
+    self, AgentSpec, BusSpec, DeviceSpec, Launched, NotifySocket, ProcSample, SiteSpec, to_f64,
+};
 
 /// Registers per unit (contiguous `u16` holding registers from address 0).
 pub const REGISTERS: u16 = 20;
@@ -94,6 +97,67 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// The agent's log filter (`TWINBRIDGE_LOG`).
     pub log: String,
+}
+
+/// The command line of `twinbridge-bench scale`.
+#[derive(Debug, clap::Args)]
+#[command(mut_arg("dir", |a| a.help(
+    "Folder for the temporary config, state and ptys; default: the system temp folder"
+)))]
+pub struct Flags {
+    /// Device counts, comma separated; one agent run each.
+    #[arg(long, value_delimiter = ',', default_value = "500")]
+    devices: Vec<u32>,
+    /// Units (devices) per RTU bus; buses = devices / per-bus, rounded up.
+    #[arg(long, default_value_t = 50)]
+    per_bus: u8,
+    /// Poll period of every device (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = crate::cli::duration)]
+    poll: Duration,
+    /// The agent's `[hub]` `connects_per_sec` (its default).
+    #[arg(long, default_value_t = DEFAULT_PACING.connects_per_sec)]
+    connects_per_sec: f64,
+    /// The agent's `[hub]` `twin_reads_per_sec` (its default).
+    #[arg(long, default_value_t = DEFAULT_PACING.twin_reads_per_sec)]
+    twin_reads_per_sec: f64,
+    /// The agent's `[hub]` `twin_updates_per_sec` (its default).
+    #[arg(long, default_value_t = DEFAULT_PACING.twin_updates_per_sec)]
+    twin_updates_per_sec: f64,
+    /// Steady-state window after all twins are in sync, in seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Give up a run when the twins are not all in sync this long after the spawn.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::duration)]
+    sync_timeout: Duration,
+    /// `--binary`, `--dir` (with the help text above).
+    #[command(flatten)]
+    agent: AgentFlags,
+    /// The agent's log filter (`TWINBRIDGE_LOG`).
+    #[arg(long, default_value = "warn")]
+    log: String,
+}
+
+impl Flags {
+    /// The options these flags select (a window of at least 1 s); fails when the agent binary
+    /// is missing.
+    pub fn options(self) -> anyhow::Result<Options> {
+        let (binary, dir) = self.agent.resolve()?;
+        Ok(Options {
+            devices: self.devices,
+            per_bus: self.per_bus,
+            poll: self.poll,
+            pacing: Pacing {
+                connects_per_sec: self.connects_per_sec,
+                twin_reads_per_sec: self.twin_reads_per_sec,
+                twin_updates_per_sec: self.twin_updates_per_sec,
+            },
+            window: Duration::from_secs(self.seconds.max(1)),
+            sync_timeout: self.sync_timeout,
+            binary,
+            dir,
+            log: self.log,
+        })
+    }
 }
 
 /// The figures of one run.
@@ -195,10 +259,6 @@ fn placement(index: u32, per_bus: u8) -> (usize, u8) {
 
 async fn run_one(opts: &Options, devices: u32) -> anyhow::Result<Report> {
     let dir = rig::temp_dir(opts.dir.as_deref())?;
-    let keys =
-        rig::identities(std::iter::once(GATEWAY.to_owned()).chain((0..devices).map(device_id)));
-    let emu = rig::start_hub(dir.path(), &keys).await?;
-
     let buses = usize::try_from(devices.div_ceil(u32::from(opts.per_bus)))
         .context("bus count out of range")?;
     let mut maps = vec![SimMap::new(); buses];
@@ -245,29 +305,23 @@ async fn run_one(opts: &Options, devices: u32) -> anyhow::Result<Report> {
             })
             .collect(),
     };
-    let config = rig::write_config(dir.path(), &emu, &site, &keys)?;
-    let notify = NotifySocket::bind(dir.path())?;
-    let notify_path = notify.path().display().to_string();
-    let counters0 = emu.hub().counters.snapshot();
-    let spawned = Instant::now();
-    let mut child = rig::spawn_agent(
-        &opts.binary,
-        &config,
-        &opts.log,
-        &[("NOTIFY_SOCKET", notify_path.as_str())],
-    )?;
+    let agent = AgentSpec {
+        log: &opts.log,
+        notify: true,
+        ..AgentSpec::new(&opts.binary)
+    };
+    let mut launched = Launched::start(dir.path(), &site, agent).await?;
     let run = Run {
         opts,
         devices,
         sims: &sims,
-        emu: &emu,
-        notify: &notify,
-        spawned,
-        counters0,
+        emu: &launched.emu,
+        notify: launched.notify.as_ref(),
+        spawned: launched.spawned,
+        counters0: launched.hub_at_spawn,
     };
-    let result = run.measure(&mut child).await;
-    let (shutdown, exit) = rig::stop(&mut child).await;
-    emu.shutdown().await;
+    let result = run.measure(&mut launched.child).await;
+    let (shutdown, exit) = launched.stop().await;
     let mut report = result?;
     report.buses = buses;
     report.shutdown = shutdown;
@@ -280,7 +334,7 @@ struct Run<'a> {
     devices: u32,
     sims: &'a [RtuSim],
     emu: &'a RunningEmulator,
-    notify: &'a NotifySocket,
+    notify: Option<&'a NotifySocket>,
     spawned: Instant,
     counters0: CounterSnapshot,
 }
@@ -409,7 +463,10 @@ impl Run<'_> {
                 return Ok(Report {
                     devices: self.devices,
                     buses: 0,
-                    ready: self.notify.ready_at().map(|t| t - self.spawned),
+                    ready: self
+                        .notify
+                        .and_then(NotifySocket::ready_at)
+                        .map(|t| t - self.spawned),
                     connected,
                     in_sync,
                     startup_cpu: cpu(at_sync.cpu_ticks),
