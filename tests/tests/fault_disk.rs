@@ -11,11 +11,11 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 
 use device_protocols::point::Table;
 use twinbridge_e2e::site::PtySite;
-use twinbridge_e2e::{DEADLINE, eventually, has_line, spawn_notified, spawn_ready, terminate};
+use twinbridge_e2e::{DEADLINE, NotifySocket, eventually, has_line, spawn_notified, terminate};
 
 const GATEWAY: &str = "gw-1";
 const DEVICE: &str = "meter-01";
@@ -104,20 +104,27 @@ async fn change_until(
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_state_dir_keeps_the_agent_polling_and_loses_nothing() {
-    let Some(disk) = Tmpfs::mount("2m") else {
-        return;
-    };
+/// The agent on a site whose state directory is a 2 MiB tmpfs, its first value at the hub;
+/// `None` where no tmpfs can be mounted (see [`Tmpfs::mount`]). The tmpfs comes first so that
+/// it is dropped last.
+async fn agent_on_a_small_disk() -> Option<(Tmpfs, PtySite, Child, NotifySocket)> {
+    let disk = Tmpfs::mount("2m")?;
     let site = PtySite::start(GATEWAY, &[DEVICE], Some(&disk.path().join("state"))).await;
-    let sim = site.sim();
-    let mut agent = spawn_ready(site.command()).await;
-    let temperature = || site.hub_temperature(DEVICE);
-
+    let (agent, notify) = spawn_notified(site.command()).await;
     eventually("the first value reaches the hub", DEADLINE, || async {
-        temperature() == Some(21.1)
+        site.hub_temperature(DEVICE) == Some(21.1)
     })
     .await;
+    Some((disk, site, agent, notify))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_dir_keeps_the_agent_polling_and_loses_nothing() {
+    let Some((disk, site, mut agent, _notify)) = agent_on_a_small_disk().await else {
+        return;
+    };
+    let sim = site.sim();
+    let temperature = || site.hub_temperature(DEVICE);
     let mut value: u16 = 300;
     sim.set_values(1, Table::Input, 0, &[value]);
     eventually("a committed value reaches the hub", DEADLINE, || async {
@@ -187,16 +194,10 @@ async fn a_full_state_dir_keeps_the_agent_polling_and_loses_nothing() {
 /// retrying), then SIGTERM: the agent exits cleanly without waiting for space.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_on_a_full_disk_does_not_hold_up_sigterm() {
-    let Some(disk) = Tmpfs::mount("2m") else {
+    let Some((disk, site, agent, notify)) = agent_on_a_small_disk().await else {
         return;
     };
-    let site = PtySite::start(GATEWAY, &[DEVICE], Some(&disk.path().join("state"))).await;
     let sim = site.sim();
-    let (agent, notify) = spawn_notified(site.command()).await;
-    eventually("the first value reaches the hub", DEADLINE, || async {
-        site.hub_temperature(DEVICE) == Some(21.1)
-    })
-    .await;
 
     let _filler = fill(disk.path());
     let mut value: u16 = 300;
