@@ -104,6 +104,20 @@ async fn change_until(
     .await;
 }
 
+/// Fills the site's disk, then changes the register until the agent logs that its store
+/// writes fail. Returns the filler file (removing it frees the space).
+async fn fill_until_writes_fail(disk: &Tmpfs, site: &PtySite, value: &mut u16) -> PathBuf {
+    let filler = fill(disk.path());
+    change_until(
+        "the agent reports the failing writes",
+        site.sim(),
+        value,
+        || site.log().contains("store write failed"),
+    )
+    .await;
+    filler
+}
+
 /// The agent on a site whose state directory is a 2 MiB tmpfs, its first value at the hub;
 /// `None` where no tmpfs can be mounted (see [`Tmpfs::mount`]). The tmpfs comes first so that
 /// it is dropped last.
@@ -133,14 +147,7 @@ async fn a_full_state_dir_keeps_the_agent_polling_and_loses_nothing() {
     .await;
 
     // Disk full. New values are read but cannot be committed.
-    let filler = fill(disk.path());
-    change_until(
-        "the agent reports the failing writes",
-        sim,
-        &mut value,
-        || site.log().contains("store write failed"),
-    )
-    .await;
+    let filler = fill_until_writes_fail(&disk, &site, &mut value).await;
     let stuck_at = temperature().expect("the hub keeps its value");
     assert!(stuck_at >= 30.0, "nothing committed was lost: {stuck_at}");
     let requests = sim.requests(1);
@@ -199,15 +206,8 @@ async fn a_reload_on_a_full_disk_does_not_hold_up_sigterm() {
     };
     let sim = site.sim();
 
-    let _filler = fill(disk.path());
     let mut value: u16 = 300;
-    change_until(
-        "the agent reports the failing writes",
-        sim,
-        &mut value,
-        || site.log().contains("store write failed"),
-    )
-    .await;
+    let _filler = fill_until_writes_fail(&disk, &site, &mut value).await;
     // The bus changes (a new poll period): the reload stops and restarts its bridge.
     let config = std::fs::read_to_string(site.config()).expect("config read");
     assert!(config.contains("poll = \"100ms\""), "{config}");
