@@ -52,7 +52,9 @@ pub async fn connect(
 ) -> Result<Context, ConnectError> {
     match transport {
         Transport::Serial(settings) => match crate::serial::open(settings) {
-            Ok(port) => Ok(tokio_modbus::client::rtu::attach(port)),
+            Ok(port) => Ok(tokio_modbus::client::rtu::attach(crate::serial::NoDrain(
+                port,
+            ))),
             Err(e) => Err(ConnectError::Serial(e)),
         },
         Transport::Tcp(addr) | Transport::RtuOverTcp(addr) => {
