@@ -8,15 +8,17 @@
 //! The sessions of a gateway share one uplink ([`Uplink`]). Each session's backoff grows to
 //! minutes, and after a long hub outage the sessions' retries bunch up (they all failed at the
 //! same instant and their jitter only trims each delay), so without help the first one back
-//! would come minutes after the hub. So: while no session is connected, one of the sleeping
-//! sessions retries whenever the gateway made no attempt for [`OUTAGE_PROBE`] (less up to a fifth,
-//! at random, so gateways that lost the hub together do not probe in step; one CONNECT per
-//! probe period for the whole gateway, not per identity; a session whose credentials the hub
-//! refused does not probe: its key will not get better by asking again); and when a session connects after
-//! failing, every session sleeping out a backoff retries at once, through the connect pacing.
-//! Requests go straight from the
-//! handles to the `AsyncClient` of the live connection; their answers are routed back here by
-//! `$rid` through the shared pending map.
+//! would come minutes after the hub. So:
+//! - while no session is connected, one of the sleeping sessions retries whenever the gateway
+//!   made no attempt for [`OUTAGE_PROBE`] (less up to a fifth, at random, so gateways that
+//!   lost the hub together do not probe in step): one CONNECT per probe period for the whole
+//!   gateway, not per identity. A session whose credentials the hub refused does not probe:
+//!   its key will not get better by asking again;
+//! - when a session connects after failing, every session sleeping out a backoff retries at
+//!   once, through the connect pacing.
+//!
+//! Requests go straight from the handles to the `AsyncClient` of the live connection; their
+//! answers are routed back here by `$rid` through the shared pending map.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -555,12 +557,7 @@ impl Task {
     /// Connects and subscribes.
     async fn attempt(&mut self) -> Result<Conn, AttemptError> {
         let options = self.options().map_err(AttemptError::Failed)?;
-        let (client, mut eventloop) = AsyncClient::new(options, CLIENT_CHANNEL);
-        // rumqttc reserves room for 100 events up front (~14 KiB per session, all of it
-        // touched as the ring buffer cycles); this task drains every event as it comes, so a
-        // queue grown on demand stays a few slots long. Per-session memory bounds how many
-        // devices a small gateway can hold.
-        eventloop.state.events = VecDeque::new();
+        let (client, eventloop) = AsyncClient::new(options, CLIENT_CHANNEL);
         let (tx, mut events) = mpsc::channel(DRIVER_CHANNEL);
         let driver = AbortOnDrop(tokio::spawn(drive(eventloop, tx)));
 
@@ -842,7 +839,6 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, Connecti
     }
 }
 
-/// A connection error for logs and `Disconnected` (rumqttc's errors never echo the password).
 /// A failed connect: a refusal of the credentials, or anything else.
 fn attempt_error(e: &ConnectionError) -> AttemptError {
     match e {
@@ -853,6 +849,7 @@ fn attempt_error(e: &ConnectionError) -> AttemptError {
     }
 }
 
+/// A connection error for logs and `Disconnected` (rumqttc's errors never echo the password).
 fn describe(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => format!("hub refused the connection: {code:?}"),

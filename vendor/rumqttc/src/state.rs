@@ -96,7 +96,10 @@ impl MqttState {
             incoming_pub: FixedBitSet::new(),
             collision: None,
             // TODO: Optimize these sizes later
-            events: VecDeque::with_capacity(100),
+            // twinbridge patch: grown on demand (100 slots up front, ~14 KiB per connection,
+            // all of it touched as the ring cycles; an event loop drained as events come needs
+            // a few).
+            events: VecDeque::new(),
             manual_acks,
         }
     }
