@@ -540,13 +540,13 @@ fn command_with_stderr(mut command: Command, site: &Site, notify: &Notifications
     spawn(command, notify)
 }
 
-/// The state words (`words`) of the log lines about `id`, in order.
 /// Whether `want` occurs in `seen` in order (not necessarily adjacent).
 fn is_subsequence(want: &[&str], seen: &[&str]) -> bool {
     let mut rest = seen.iter();
     want.iter().all(|w| rest.any(|s| s == w))
 }
 
+/// The state words (`words`) of the log lines about `id`, in order.
 fn states_of(log: &str, id: &str, words: [&'static str; 2]) -> Vec<&'static str> {
     log.lines()
         .filter(|l| l.contains(&format!("\"{id}\"")))
