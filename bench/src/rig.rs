@@ -570,8 +570,13 @@ impl RtuSite {
         registers: u16,
         initial: impl Fn(usize, u16) -> u16,
     ) -> anyhow::Result<Self> {
-        let buses = buses.clamp(1, devices.max(1));
-        if devices.div_ceil(buses) > 247 {
+        // No device, no bus (a baseline run); else 1..=devices buses.
+        let buses = if devices == 0 {
+            0
+        } else {
+            buses.clamp(1, devices)
+        };
+        if devices > 0 && devices.div_ceil(buses) > 247 {
             bail!("{devices} devices on {buses} buses: more than 247 units on a bus");
         }
         let site_devices: Vec<SiteDevice> = (0..devices)

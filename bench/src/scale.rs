@@ -16,15 +16,12 @@ use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use device_protocols::sim::{RtuSim, SimMap, UnitMap};
 use hub_emulator::RunningEmulator;
 use hub_emulator::state::CounterSnapshot;
 use tokio::time::Instant;
 
 use crate::cli::AgentFlags;
-use crate::rig::{
-    self, AgentSpec, BusSpec, DeviceSpec, Launched, NotifySocket, ProcSample, SiteSpec, to_f64,
-};
+use crate::rig::{self, AgentSpec, Launched, NotifySocket, ProcSample, RtuSite, SiteSpec, to_f64};
 
 /// Registers per unit (contiguous `u16` holding registers from address 0).
 pub const REGISTERS: u16 = 20;
@@ -238,72 +235,30 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Report>> {
     Ok(reports)
 }
 
-fn device_id(index: u32) -> String {
-    format!("dev-{:04}", index + 1)
-}
-
 /// The simulator's value of `register` of the device at `index`: distinct across devices, so
 /// a report that lands on the wrong twin is caught.
-fn value(index: u32, register: u16) -> u16 {
-    u16::try_from((index * u32::from(REGISTERS) + u32::from(register) + 1) % 65_536)
+fn value(index: usize, register: u16) -> u16 {
+    u16::try_from((index * usize::from(REGISTERS) + usize::from(register) + 1) % 65_536)
         .expect("reduced modulo 2^16")
-}
-
-/// Where the device at `index` is: bus number and unit id.
-fn placement(index: u32, per_bus: u8) -> (usize, u8) {
-    let per_bus = u32::from(per_bus);
-    let bus = usize::try_from(index / per_bus).expect("bus numbers fit in usize");
-    let unit = u8::try_from(index % per_bus + 1).expect("per_bus is at most 247");
-    (bus, unit)
 }
 
 async fn run_one(opts: &Options, devices: u32) -> anyhow::Result<Report> {
     let dir = rig::temp_dir(opts.dir.as_deref())?;
     let buses = usize::try_from(devices.div_ceil(u32::from(opts.per_bus)))
         .context("bus count out of range")?;
-    let mut maps = vec![SimMap::new(); buses];
-    for index in 0..devices {
-        let (bus, unit) = placement(index, opts.per_bus);
-        let values: Vec<u16> = (0..REGISTERS).map(|r| value(index, r)).collect();
-        let map = std::mem::take(&mut maps[bus]);
-        maps[bus] = map.with_unit(unit, UnitMap::new().with_holding(0, &values));
-    }
-    let mut sims = Vec::with_capacity(buses);
-    for (b, map) in maps.into_iter().enumerate() {
-        sims.push(
-            RtuSim::start(dir.path().join(format!("ttyBUS{b:02}")), map)
-                .with_context(|| format!("starting the RTU simulator of bus {b}"))?,
-        );
-    }
-
+    // Round robin over the buses: at most `per_bus` units each.
+    let rtu = RtuSite::start(
+        dir.path(),
+        usize::try_from(devices).context("device count out of range")?,
+        buses,
+        REGISTERS,
+        value,
+    )?;
     let site = SiteSpec {
         gateway: GATEWAY.to_owned(),
         hub_extra: opts.pacing.config_lines(),
-        buses: sims
-            .iter()
-            .enumerate()
-            .map(|(b, sim)| BusSpec {
-                name: format!("bus-{b:02}"),
-                port: sim.path().to_path_buf(),
-                baud: 115_200,
-                // The bus runtime's default: on this loaded 2-core machine a shorter one
-                // times out now and then, and each error changes the device's health object.
-                timeout: Duration::from_millis(500),
-            })
-            .collect(),
-        devices: (0..devices)
-            .map(|index| {
-                let (bus, unit) = placement(index, opts.per_bus);
-                DeviceSpec {
-                    id: device_id(index),
-                    bus: format!("bus-{bus:02}"),
-                    unit,
-                    poll: opts.poll,
-                    registers: REGISTERS,
-                    extra: String::new(),
-                }
-            })
-            .collect(),
+        buses: rtu.bus_specs(),
+        devices: rtu.device_specs(opts.poll, ""),
     };
     let agent = AgentSpec {
         log: &opts.log,
@@ -314,7 +269,7 @@ async fn run_one(opts: &Options, devices: u32) -> anyhow::Result<Report> {
     let run = Run {
         opts,
         devices,
-        sims: &sims,
+        site: &rtu,
         emu: &launched.emu,
         notify: launched.notify.as_ref(),
         spawned: launched.spawned,
@@ -332,7 +287,7 @@ async fn run_one(opts: &Options, devices: u32) -> anyhow::Result<Report> {
 struct Run<'a> {
     opts: &'a Options,
     devices: u32,
-    sims: &'a [RtuSim],
+    site: &'a RtuSite,
     emu: &'a RunningEmulator,
     notify: Option<&'a NotifySocket>,
     spawned: Instant,
@@ -341,12 +296,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn modbus_total(&self) -> u64 {
-        (0..self.devices)
-            .map(|index| {
-                let (bus, unit) = placement(index, self.opts.per_bus);
-                self.sims[bus].handle().requests(unit)
-            })
-            .sum()
+        self.site.requests()
     }
 
     /// How many twins are in sync: devices whose reported `rNN` all equal the simulator's,
@@ -366,10 +316,10 @@ impl Run<'_> {
                 }
                 continue;
             }
+            // `RtuSite` names the device at index `i` `dev-{i}`.
             let Some(index) = id
                 .strip_prefix("dev-")
-                .and_then(|s| s.parse::<u32>().ok())
-                .and_then(|i| i.checked_sub(1))
+                .and_then(|s| s.parse::<usize>().ok())
             else {
                 continue;
             };
@@ -657,10 +607,7 @@ mod tests {
     }
 
     #[test]
-    fn devices_fill_buses_in_order_with_distinct_values() {
-        assert_eq!(placement(0, 50), (0, 1));
-        assert_eq!(placement(49, 50), (0, 50));
-        assert_eq!(placement(50, 50), (1, 1));
+    fn devices_have_distinct_values() {
         assert_ne!(value(0, 19), value(1, 0));
         assert_eq!(value(1, 0), 21);
     }
